@@ -1,0 +1,586 @@
+"""The broker: ingest, validation, routing to parsers with acknowledgements, publication with replay.
+
+Hot path, per drained batch of frames: decode -> :func:`bus.event.normalize` -> drop resends by
+``event_id`` -> encode once -> append to the replay ring of its kind -> queue for every parser whose
+filter matches -> after the batch, one PUB message per run of same-topic events and one delivery per
+parser. Nothing here awaits per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from bus import protocol
+from bus.event import KINDS, Event, EventError, encode, normalize
+from bus.filter import Filter
+from bus.log import get_logger
+from bus.protocol import MAX_FRAME, SEQ
+
+__all__ = ["Broker"]
+
+log = get_logger("broker")
+
+_DRAIN_MAX = 2000
+_PUB_RUN_MAX = 1000
+_DELIVERY_MAX = 500
+_REPLAY_REPLY_MAX = 5000
+
+ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Counters:
+    """Counters of one plugin (or outside producer) as the broker sees it."""
+
+    events_in: int = 0
+    events_out: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    last_error: str = ""
+
+    def drop(self, reason: str, n: int = 1, error: str = "") -> None:
+        """Count ``n`` events dropped for ``reason``."""
+        self.dropped[reason] += n
+        if error:
+            self.last_error = error
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the counters as a plain map (for ``busctl status``)."""
+        return {"events_in": self.events_in, "events_out": self.events_out,
+                "dropped": dict(self.dropped), "last_error": self.last_error}
+
+
+class ParserLink:
+    """Events routed to one parser: kept until the parser acknowledges them."""
+
+    def __init__(self, name: str, flt: Filter, capacity: int, counters: Counters) -> None:
+        self.name = name
+        self.filter = flt
+        self.capacity = capacity
+        self.counters = counters
+        self.queue: deque[tuple[int, bytes]] = deque()
+        self.sent = 0
+        self.next_dseq = 1
+        self.peer: bytes | None = None
+        self.window = 1000
+        self.redelivered = 0
+        self.incarnations = 0
+
+    def enqueue(self, data: bytes) -> None:
+        """Keep ``data`` for delivery; when full, drop the oldest event not yet sent."""
+        if len(self.queue) >= self.capacity:
+            if self.sent < len(self.queue):
+                del self.queue[self.sent]
+            else:
+                self.queue.popleft()
+                self.sent -= 1
+            self.counters.drop("parser_queue_full", error=f"queue of {self.capacity} events full")
+        self.queue.append((self.next_dseq, data))
+        self.next_dseq += 1
+
+    def connect(self, peer: bytes, window: int) -> None:
+        """A (new) incarnation said hello: everything not acknowledged is delivered again."""
+        self.redelivered += self.sent
+        self.peer = peer
+        self.window = max(1, min(window, 100_000))
+        self.sent = 0
+        self.incarnations += 1
+
+    def ack(self, upto: int) -> int:
+        """Forget every event up to delivery number ``upto``; return how many were acknowledged."""
+        n = 0
+        q = self.queue
+        while q and q[0][0] <= upto and self.sent > 0:
+            q.popleft()
+            self.sent -= 1
+            n += 1
+        self.counters.events_out += n
+        return n
+
+    def deliveries(self) -> Iterable[bytes]:
+        """Yield delivery frames for what the window allows."""
+        while self.peer is not None and self.sent < min(len(self.queue), self.window):
+            n = min(self.window - self.sent, _DELIVERY_MAX, len(self.queue) - self.sent)
+            batch = list(islice(self.queue, self.sent, self.sent + n))
+            self.sent += n
+            yield protocol.pack_with_events({"op": "events", "upto": batch[-1][0]}, [d for _, d in batch])
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the delivery state (for ``busctl status``)."""
+        return {"pending": len(self.queue), "in_flight": self.sent, "connected": self.peer is not None,
+                "redelivered": self.redelivered}
+
+
+class Stream:
+    """Published events of one kind: sequence numbers and the bounded replay ring."""
+
+    def __init__(self, kind: str, size: int) -> None:
+        self.kind = kind
+        self.seq = 0
+        self.ring: deque[tuple[int, bytes, bytes]] = deque(maxlen=size)
+
+    def first(self) -> int:
+        """Return the oldest sequence number still in the ring (``seq + 1`` when empty)."""
+        return self.ring[0][0] if self.ring else self.seq + 1
+
+    def resize(self, size: int) -> None:
+        """Change the ring's size, keeping the newest events."""
+        if size != self.ring.maxlen:
+            self.ring = deque(self.ring, maxlen=size)
+
+    def replay(self, start: int, end: int) -> tuple[list[bytes], int, tuple[int, int] | None]:
+        """Return ``(events, first_seq, gap)`` for ``start..end``; ``gap`` is what fell out of the ring."""
+        end = min(end, self.seq, start + _REPLAY_REPLY_MAX - 1)
+        first = self.first()
+        gap = (start, min(first - 1, end)) if start < first else None
+        lo = max(start, first)
+        if lo > end:
+            return [], lo, gap
+        offset = lo - first
+        return [d for _, _, d in islice(self.ring, offset, offset + end - lo + 1)], lo, gap
+
+
+@dataclass
+class ReceiverState:
+    """What the broker knows of one receiver plugin, from its hello and progress reports."""
+
+    start: dict[str, int]
+    acked: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    last_seen: float = 0.0
+
+
+class Broker:
+    """Binds the bus sockets, validates, routes and publishes events.
+
+    Args:
+        runtime_dir: directory for the ``ipc://`` sockets.
+        hostname: put in events that do not name one.
+        replay_buffer: published events kept per kind.
+        parser_queue: events kept per parser until acknowledged.
+        dedup_window: recent event ids remembered to drop resends.
+    """
+
+    def __init__(self, runtime_dir: str, hostname: str, *, replay_buffer: int = 100_000,
+                 parser_queue: int = 100_000, dedup_window: int = 200_000) -> None:
+        self.runtime_dir = Path(runtime_dir)
+        self.hostname = hostname
+        self.parser_queue = parser_queue
+        self.dedup_window = dedup_window
+        self.ctx = zmq.asyncio.Context.instance()
+        self.streams = {kind: Stream(kind, replay_buffer) for kind in KINDS}
+        self.counters: dict[str, Counters] = {}
+        self.producer_types: dict[str, str] = {}
+        self.parsers: dict[str, ParserLink] = {}
+        self.receivers: dict[str, ReceiverState] = {}
+        self.handlers: dict[str, ControlHandler] = {}
+        self.malformed: Counter[str] = Counter()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._routes: dict[tuple[str, str, str, str], tuple[ParserLink, ...]] = {}
+        self._pending_pub: list[tuple[str, bytes, int, bytes]] = []
+        self._ingest: dict[str, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._input_peers: dict[bytes, str] = {}
+        self.started = time.time()
+
+    # -- sockets -------------------------------------------------------------------------------
+
+    def _socket(self, kind: int, name: str) -> zmq.asyncio.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.HARD_MAX_FRAME)
+        path = self.runtime_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        sock.bind(protocol.endpoint(self.runtime_dir, name))
+        path.chmod(0o660)
+        return sock
+
+    async def start(self) -> None:
+        """Bind the shared sockets and start serving them."""
+        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.pub = self._socket(zmq.PUB, protocol.EVENTS)
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.control = self._socket(zmq.ROUTER, protocol.CONTROL)
+        self.input = self._socket(zmq.ROUTER, protocol.INPUT)
+        self.input.setsockopt(zmq.SNDHWM, 0)
+        self._pub_sync = zmq.Socket.shadow(self.pub.underlying)
+        self._tasks = [
+            asyncio.create_task(self._serve(self.control, self._on_control), name="control"),
+            asyncio.create_task(self._serve(self.input, self._on_input), name="input"),
+        ]
+
+    async def close(self) -> None:
+        """Stop serving and close every socket."""
+        for _, task in self._ingest.values():
+            task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *(t for _, t in self._ingest.values()), return_exceptions=True)
+        for sock, _ in self._ingest.values():
+            sock.close(0)
+        self._ingest.clear()
+        for sock in (self.pub, self.control, self.input):
+            sock.close(0)
+
+    async def _serve(self, sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], Awaitable[None] | None]) -> None:
+        """Await one message, then drain what is queued without awaiting, then flush once."""
+        shadow = zmq.Socket.shadow(sock.underlying)
+        while True:
+            frames = await sock.recv_multipart(copy=True)
+            n = 0
+            while True:
+                try:
+                    result = handle(frames)
+                    if result is not None:
+                        await result
+                except Exception:
+                    log.exception("broker_handler_failed")
+                n += 1
+                if n >= _DRAIN_MAX:
+                    break
+                try:
+                    frames = shadow.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+            self.flush()
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _counters(self, name: str) -> Counters:
+        c = self.counters.get(name)
+        if c is None:
+            c = self.counters[name] = Counters()
+        return c
+
+    def set_plugins(self, plugins: dict[str, tuple[str, Filter]]) -> None:
+        """Apply the configured plugins: ``{name: (type, filter)}``.
+
+        Opens an ingest socket for each collector and parser, a delivery queue for each parser, and a
+        resume point for each new receiver; closes what is gone. Queues of parsers that stay are kept.
+        """
+        for name in list(self._ingest):
+            if plugins.get(name, ("", None))[0] not in ("collector", "parser"):
+                sock, task = self._ingest.pop(name)
+                task.cancel()
+                sock.close(0)
+        for name, (ptype, flt) in plugins.items():
+            self.producer_types[name] = ptype
+            counters = self._counters(name)
+            if ptype in ("collector", "parser") and name not in self._ingest:
+                sock = self._socket(zmq.PULL, f"ingest/{name}.sock")
+                task = asyncio.create_task(self._serve(sock, self._ingest_handler(name)), name=f"ingest-{name}")
+                self._ingest[name] = (sock, task)
+            if ptype == "parser":
+                link = self.parsers.get(name)
+                if link is None:
+                    self.parsers[name] = ParserLink(name, flt, self.parser_queue, counters)
+                else:
+                    link.filter = flt
+            if ptype == "receiver" and name not in self.receivers:
+                self.receivers[name] = ReceiverState(start={k: s.seq + 1 for k, s in self.streams.items()})
+        for name in list(self.parsers):
+            if plugins.get(name, ("", None))[0] != "parser":
+                del self.parsers[name]
+        for name in list(self.receivers):
+            if plugins.get(name, ("", None))[0] != "receiver":
+                del self.receivers[name]
+        for name in list(self.producer_types):
+            if name not in plugins:
+                del self.producer_types[name]
+        self._routes.clear()
+
+    def resize(self, replay_buffer: int, parser_queue: int, dedup_window: int) -> None:
+        """Apply new buffer sizes from a reloaded configuration."""
+        for stream in self.streams.values():
+            stream.resize(replay_buffer)
+        self.parser_queue = parser_queue
+        for link in self.parsers.values():
+            link.capacity = parser_queue
+        self.dedup_window = dedup_window
+
+    def plugin_stopped(self, name: str) -> None:
+        """The supervisor saw a plugin exit: a parser's unacknowledged events wait for its next run."""
+        link = self.parsers.get(name)
+        if link is not None and link.peer is not None:
+            self._input_peers.pop(link.peer, None)
+            link.redelivered += link.sent
+            link.peer = None
+            link.sent = 0
+
+    # -- ingest --------------------------------------------------------------------------------
+
+    def _ingest_handler(self, name: str) -> Callable[[list[bytes]], None]:
+        def handle(frames: list[bytes]) -> None:
+            if len(frames) != 1:
+                self._malformed(name, f"expected 1 frame, got {len(frames)}")
+                return
+            self.ingest_frame(name, frames[0])
+        return handle
+
+    def _malformed(self, sender: str, reason: str) -> None:
+        self.malformed[sender] += 1
+        self._counters(sender).drop("malformed", error=reason)
+        log.warning("malformed_frame", sender=sender, reason=reason, count=self.malformed[sender])
+
+    def ingest_frame(self, source: str, frame: bytes) -> tuple[int, list[tuple[int, str]]]:
+        """Decode a frame holding one event or an array of events from ``source`` and ingest it."""
+        if len(frame) > MAX_FRAME:
+            self._malformed(source, f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
+            return 0, []
+        try:
+            obj = protocol.unpackb(frame)
+        except Exception as exc:
+            self._malformed(source, f"not valid msgpack ({exc})")
+            return 0, []
+        return self.ingest(source, obj if isinstance(obj, list) else [obj])
+
+    def ingest(self, source: str, events: list[Any]) -> tuple[int, list[tuple[int, str]]]:
+        """Validate, deduplicate, publish and route events from ``source``.
+
+        Returns:
+            ``(accepted, rejected)`` where ``rejected`` lists ``(index, reason)``; a duplicate
+            (an event id seen recently) counts as accepted, since the producer may forget it.
+        """
+        ptype = self.producer_types.get(source)
+        kind = "synthetic" if ptype == "parser" else ("raw" if ptype == "collector" else None)
+        counters = self._counters(source)
+        hostname = self.hostname
+        seen = self._seen
+        streams = self.streams
+        pending = self._pending_pub
+        routes = self._routes
+        rejected: list[tuple[int, str]] = []
+        now = time.time()
+        accepted = 0
+        for index, event in enumerate(events):
+            try:
+                normalize(event, hostname=hostname, kind=kind, source=source, now=now)
+            except EventError as exc:
+                rejected.append((index, str(exc)))
+                counters.drop("invalid", error=str(exc))
+                log.warning("invalid_event", sender=source, index=index, error=str(exc))
+                continue
+            accepted += 1
+            eid = event["event_id"]
+            if eid in seen:
+                counters.drop("duplicate")
+                continue
+            seen[eid] = None
+            if len(seen) > self.dedup_window:
+                seen.popitem(last=False)
+            data = encode(event)
+            ekind = event["kind"]
+            system = event["system"]
+            stream = streams[ekind]
+            stream.seq += 1
+            topic = protocol.topic(ekind, system)
+            stream.ring.append((stream.seq, topic, data))
+            pending.append((ekind, topic, stream.seq, data))
+            key = (ekind, system, event["severity"], event["event_type"])
+            targets = routes.get(key)
+            if targets is None:
+                targets = routes[key] = tuple(
+                    p for p in self.parsers.values() if p.filter.match_fields(*key))
+            for link in targets:
+                if link.name != source:
+                    link.enqueue(data)
+        counters.events_in += accepted
+        return accepted, rejected
+
+    def flush(self) -> None:
+        """Send what the last batch produced: PUB runs by topic, then parser deliveries."""
+        pending = self._pending_pub
+        if pending:
+            self._pending_pub = []
+            send = self._pub_sync.send_multipart
+            i, n = 0, len(pending)
+            while i < n:
+                _, topic, first, _ = pending[i]
+                j = i + 1
+                while j < n and j - i < _PUB_RUN_MAX and pending[j][1] == topic:
+                    j += 1
+                send([topic, SEQ.pack(first), protocol.pack_array([p[3] for p in pending[i:j]])], zmq.NOBLOCK)
+                i = j
+        for link in self.parsers.values():
+            if link.peer is not None:
+                for frame in link.deliveries():
+                    self.input.send_multipart([link.peer, frame])
+
+    # -- parser input socket -------------------------------------------------------------------
+
+    def _on_input(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._malformed("input:" + frames[0].hex(), f"expected 1 frame, got {len(frames) - 1}")
+            return
+        peer, frame = frames
+        sender = self._input_peers.get(peer, "input:" + peer.hex())
+        if len(frame) > MAX_FRAME:
+            self._malformed(sender, f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
+            return
+        try:
+            msg = protocol.unpackb(frame)
+            op = msg["op"]
+        except Exception as exc:
+            self._malformed(sender, f"not a msgpack map with 'op' ({exc})")
+            return
+        if op == "hello":
+            name = msg.get("plugin")
+            link = self.parsers.get(name) if isinstance(name, str) else None
+            if link is None:
+                self._malformed(sender, f"hello from {name!r}, which is not a configured parser")
+                self.input.send_multipart([peer, protocol.packb({"op": "error", "error": f"unknown parser {name!r}"})])
+                return
+            if link.peer is not None:
+                self._input_peers.pop(link.peer, None)
+            self._input_peers[peer] = link.name
+            window = msg.get("window", 1000)
+            link.connect(peer, window if isinstance(window, int) else 1000)
+            log.info("parser_connected", plugin=link.name, pending=len(link.queue), incarnation=link.incarnations)
+        elif op == "ack":
+            name = self._input_peers.get(peer)
+            link = self.parsers.get(name) if name else None
+            if link is None:
+                self._malformed(sender, "ack before hello")
+                return
+            events = msg.get("events")
+            if events:
+                if not isinstance(events, list):
+                    self._malformed(sender, "'events' must be an array")
+                    return
+                self.ingest(link.name, events)
+            upto = msg.get("upto")
+            if isinstance(upto, int):
+                link.ack(upto)
+        else:
+            self._malformed(sender, f"unknown op {op!r}")
+
+    # -- control socket ------------------------------------------------------------------------
+
+    async def _on_control(self, frames: list[bytes]) -> None:
+        envelope, frame = frames[:-1], frames[-1]
+        if not envelope:
+            return
+        try:
+            msg = protocol.unpackb(frame) if len(frame) <= MAX_FRAME else None
+            if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+                raise ValueError("not a msgpack map with a string 'op'")
+        except Exception as exc:
+            reason = f"frame of {len(frame)} bytes exceeds the limit" if len(frame) > MAX_FRAME else str(exc)
+            self._malformed("control:" + envelope[0].hex(), reason)
+            self.control.send_multipart([*envelope, protocol.packb({"ok": False, "error": f"malformed request: {reason}"})])
+            return
+        op = msg["op"]
+        reply: dict[str, Any] | bytes | None
+        try:
+            if op == "publish":
+                reply = self._op_publish(msg)
+            elif op == "replay":
+                reply = self._op_replay(msg)
+            elif op == "hello":
+                reply = self._op_hello(msg)
+            elif op == "progress":
+                reply = self._op_progress(msg)
+            elif op in self.handlers:
+                reply = await self.handlers[op](msg)
+            else:
+                reply = {"ok": False, "error": f"unknown op {op!r}"}
+        except Exception as exc:
+            log.exception("control_op_failed", op=op)
+            reply = {"ok": False, "error": f"{op} failed: {exc}"}
+        if reply is None:
+            return
+        if "id" in msg and isinstance(reply, dict):
+            reply["id"] = msg["id"]
+        self.control.send_multipart([*envelope, reply if isinstance(reply, bytes) else protocol.packb(reply)])
+
+    def _op_publish(self, msg: dict[str, Any]) -> dict[str, Any]:
+        source = msg.get("plugin") or "bus-emit"
+        events = msg.get("events")
+        if not isinstance(source, str) or not isinstance(events, list):
+            return {"ok": False, "error": "publish needs 'plugin' (string) and 'events' (array)"}
+        accepted, rejected = self.ingest(source, events)
+        return {"ok": True, "accepted": accepted, "rejected": rejected}
+
+    def head(self) -> dict[str, int]:
+        """Return the last sequence number published of each kind."""
+        return {kind: s.seq for kind, s in self.streams.items()}
+
+    def _op_hello(self, msg: dict[str, Any]) -> dict[str, Any]:
+        name = msg.get("plugin")
+        head = self.head()
+        state = self.receivers.get(name) if isinstance(name, str) else None
+        if state is None:
+            return {"ok": True, "head": head, "resume": {k: s + 1 for k, s in head.items()}}
+        state.last_seen = time.time()
+        resume = {k: state.acked[k] + 1 if k in state.acked else state.start[k] for k in head}
+        log.info("receiver_connected", plugin=name, resume=resume, head=head)
+        return {"ok": True, "head": head, "resume": resume}
+
+    def _op_progress(self, msg: dict[str, Any]) -> dict[str, Any]:
+        name = msg.get("plugin")
+        state = self.receivers.get(name) if isinstance(name, str) else None
+        if state is not None:
+            state.last_seen = time.time()
+            acked = msg.get("acked")
+            if isinstance(acked, dict):
+                for kind, seq in acked.items():
+                    if kind in self.streams and isinstance(seq, int):
+                        state.acked[kind] = max(seq, state.acked.get(kind, 0))
+            stats = msg.get("stats")
+            if isinstance(stats, dict):
+                state.stats = stats
+        return {"ok": True, "head": self.head()}
+
+    def _op_replay(self, msg: dict[str, Any]) -> dict[str, Any] | bytes:
+        kind, start, end = msg.get("kind"), msg.get("from"), msg.get("to")
+        stream = self.streams.get(kind) if isinstance(kind, str) else None
+        if stream is None or not isinstance(start, int) or not isinstance(end, int) or start < 1:
+            return {"ok": False, "error": "replay needs 'kind' (raw|synthetic), 'from' >= 1 and 'to'"}
+        events, first, gap = stream.replay(start, end)
+        header: dict[str, Any] = {"ok": True, "kind": kind, "first": first, "gap": list(gap) if gap else None,
+                                  "head": stream.seq}
+        if "id" in msg:
+            header["id"] = msg["id"]
+        return protocol.pack_with_events(header, events)
+
+    # -- status --------------------------------------------------------------------------------
+
+    def plugin_status(self, name: str) -> dict[str, Any]:
+        """Return the broker's view of one plugin: counters, delivery or replay state."""
+        out = self._counters(name).as_dict()
+        link = self.parsers.get(name)
+        if link is not None:
+            out["delivery"] = link.as_dict()
+        state = self.receivers.get(name)
+        if state is not None:
+            head = self.head()
+            kinds = state.stats.get("kinds") or ["synthetic"]
+            out["lag"] = sum(max(0, head[k] - state.acked.get(k, state.start[k] - 1)) for k in kinds if k in head)
+            out["acked"] = dict(state.acked)
+            out["events_in"] = int(state.stats.get("received", 0))
+            out["events_out"] = int(state.stats.get("handled", 0))
+            out["replayed"] = int(state.stats.get("replayed", 0))
+            for reason in ("lost", "failed"):
+                if state.stats.get(reason):
+                    out["dropped"][reason] = state.stats[reason]
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """Return the broker's own counters."""
+        return {
+            "uptime": round(time.time() - self.started, 3),
+            "head": self.head(),
+            "buffered": {k: len(s.ring) for k, s in self.streams.items()},
+            "malformed": sum(self.malformed.values()),
+            "outside_producers": {n: c.as_dict() for n, c in self.counters.items() if n not in self.producer_types},
+        }

@@ -1,0 +1,343 @@
+"""Command-line entry points: ``busd``, ``bus-tail``, ``bus-emit`` and ``busctl`` (typer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+from bus import __version__, protocol
+from bus.config import Config, default_path, load
+from bus.event import KINDS, Event, EventError, from_json, new_event, normalize, to_json
+from bus.exceptions import ConfigError, ControlError
+from bus.filter import Filter, FilterError
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="configuration file ($BUSD_CONFIG)",
+                                        envvar="BUSD_CONFIG", show_envvar=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"busd {__version__}")
+        raise typer.Exit()
+
+
+VersionOpt = Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+def _load(config: str | None) -> Config:
+    try:
+        return load(config or default_path())
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _control_endpoint(config: str | None) -> str:
+    """The control socket: ``$BUS_CONTROL`` inside a plugin, else from the configuration."""
+    if config is None and os.environ.get("BUS_CONTROL"):
+        return os.environ["BUS_CONTROL"]
+    return protocol.endpoint(_load(config).main.runtime_dir, protocol.CONTROL)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+
+
+# -- busd ------------------------------------------------------------------------------------------
+
+busd_app = typer.Typer(add_completion=True, help="The busd daemon: runs the broker and supervises plugins.")
+
+
+@busd_app.command()
+def busd_main(
+    config: ConfigOpt = None,
+    check: Annotated[bool, typer.Option("--check", help="validate the configuration, print it as JSON, exit")] = False,
+    version: VersionOpt = False,
+) -> None:
+    """Run busd in the foreground (logs JSON lines to stderr; SIGHUP reloads; SIGTERM stops)."""
+    cfg = _load(config)
+    if check:
+        for warning in cfg.warnings:
+            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+        typer.echo(json.dumps({
+            "files": list(cfg.files),
+            "main": cfg.main.__dict__,
+            "plugins": {n: p.table for n, p in cfg.plugins.items()},
+        }, indent=2, default=str))
+        return
+    from bus.daemon import run
+
+    run(cfg)
+
+
+def busd() -> None:
+    """Console script ``busd``."""
+    busd_app(prog_name="busd")
+
+
+# -- bus-tail --------------------------------------------------------------------------------------
+
+tail_app = typer.Typer(add_completion=True, help="Stream events as busd publishes them.")
+
+_COLORS = {"info": typer.colors.GREEN, "warn": typer.colors.YELLOW, "error": typer.colors.RED}
+
+
+def format_line(event: Event, color: bool) -> str:
+    """Return the readable one-line form of an event."""
+    ts = datetime.fromtimestamp(event.get("timestamp", 0.0), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    sev = str(event.get("severity", "info"))
+    dev = event.get("dev_name") or "-"
+    text = (f"{ts} {event.get('hostname', '')} {sev.upper():5} {event.get('system', '')}/"
+            f"{event.get('event_type', '')} {dev} {event.get('msg', '')} [{event.get('source', '')}]")
+    if color:
+        text = typer.style(text, fg=_COLORS.get(sev))
+    return text
+
+
+@tail_app.command()
+def tail_main(
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    system: Annotated[list[str] | None, typer.Option("--system", help="only this system (repeatable)")] = None,
+    severity: Annotated[str, typer.Option("--severity", help="minimum severity: info, warn or error")] = "info",
+    event_type: Annotated[list[str] | None, typer.Option("--event-type", help="only this type; may end in * (repeatable)")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="raw, synthetic or all")] = "synthetic",
+    count: Annotated[int, typer.Option("--count", help="exit after this many events (0: never)")] = 0,
+    last: Annotated[int, typer.Option("--last", help="first print up to this many events still in the replay buffer")] = 0,
+    version: VersionOpt = False,
+) -> None:
+    """Print events as they are published, one per line, until interrupted or --count is reached."""
+    try:
+        flt = Filter.parse({"system": system or None, "severity": severity, "event_type": event_type or None,
+                            "kind": kind})
+    except FilterError as exc:
+        raise _fail(str(exc).replace("filter.", "--").replace("_", "-")) from None
+    rd = _load(config).main.runtime_dir
+    kinds = tuple(k for k in KINDS if flt.wants_kind(k))
+    color = not json_out and sys.stdout.isatty()
+    try:
+        _run(_tail(rd, flt, kinds, json_out, color, count, last))
+    except KeyboardInterrupt:
+        pass
+    except ControlError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+async def _tail(rd: str, flt: Filter, kinds: tuple[str, ...], json_out: bool, color: bool, count: int,
+                last: int) -> None:
+    from bus.client import ControlClient, Subscriber
+
+    control = ControlClient(protocol.endpoint(rd, protocol.CONTROL))
+    sub = Subscriber(protocol.endpoint(rd, protocol.EVENTS), control, kinds, last=last)
+    seen = 0
+    out = sys.stdout
+    try:
+        async for delivery in sub:
+            event = delivery.event
+            if not flt.match(event) and event.get("event_type") != "BUS_EVENTS_LOST":
+                continue
+            out.write((to_json(event) if json_out else format_line(event, color)) + "\n")
+            out.flush()
+            seen += 1
+            if count and seen >= count:
+                return
+    finally:
+        sub.close()
+        control.close()
+
+
+def bus_tail() -> None:
+    """Console script ``bus-tail``."""
+    tail_app(prog_name="bus-tail")
+
+
+# -- bus-emit --------------------------------------------------------------------------------------
+
+emit_app = typer.Typer(add_completion=True, help="Push events into the bus, as a collector would.")
+
+
+@emit_app.command()
+def emit_main(
+    config: ConfigOpt = None,
+    system: Annotated[str | None, typer.Option("--system", help="emit one event of this system")] = None,
+    event_type: Annotated[str | None, typer.Option("--event-type", help="its event type")] = None,
+    msg: Annotated[str, typer.Option("--msg", help="its message")] = "",
+    severity: Annotated[str, typer.Option("--severity", help="info, warn or error")] = "info",
+    dev_name: Annotated[str, typer.Option("--dev-name", help="its device name")] = "",
+    dev_wwid: Annotated[str, typer.Option("--dev-wwid", help="its device WWID")] = "",
+    kind: Annotated[str, typer.Option("--kind", help="raw or synthetic")] = "raw",
+    source: Annotated[str | None, typer.Option("--source", help="producer name (default: $BUS_PLUGIN or bus-emit)")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="give up after this many seconds without busd (0: never)")] = 0,
+    version: VersionOpt = False,
+) -> None:
+    """Read JSON Lines events on stdin (or build one from the options) and push them into the bus.
+
+    Each event is kept until busd acknowledges it and sent again if busd restarts meanwhile.
+    """
+    if config is None and os.environ.get("BUS_CONTROL"):  # inside a plugin started by busd
+        hostname = os.environ.get("BUS_HOSTNAME") or os.uname().nodename
+        endpoint = os.environ["BUS_CONTROL"]
+    else:
+        cfg = _load(config)
+        hostname, endpoint = cfg.main.hostname, protocol.endpoint(cfg.main.runtime_dir, protocol.CONTROL)
+    plugin = source or os.environ.get("BUS_PLUGIN") or "bus-emit"
+    if system or event_type:
+        if not (system and event_type):
+            raise _fail("--system and --event-type go together")
+        try:
+            events: Any = [new_event(system, event_type, msg, severity=severity, kind=kind, dev_name=dev_name,
+                                     dev_wwid=dev_wwid, hostname=hostname)]
+        except EventError as exc:
+            raise _fail(f"--{exc.key.replace('_', '-')}: {exc.reason}") from None
+    else:
+        events = _stdin_events(hostname, kind)
+    ok, bad = _run(_emit(endpoint, plugin, events, timeout))
+    if bad:
+        raise typer.Exit(1)
+    if not ok:
+        raise _fail(f"busd did not acknowledge every event within {timeout:g} s", 1)
+
+
+def _stdin_events(hostname: str, kind: str) -> Any:
+    for number, line in enumerate(sys.stdin, 1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            event = from_json(text, where=f"stdin line {number}")
+            event.setdefault("kind", kind)
+            yield normalize(event, hostname=hostname)
+        except EventError as exc:
+            typer.secho(f"error: stdin line {number}: {exc}" if "stdin" not in str(exc) else f"error: {exc}",
+                        err=True, fg=typer.colors.RED)
+            yield None
+
+
+async def _emit(endpoint: str, plugin: str, events: Any, timeout: float) -> tuple[bool, int]:
+    from bus.client import ControlClient, Publisher
+
+    client = ControlClient(endpoint)
+    pub = Publisher(client, plugin)
+    bad = 0
+    loop = asyncio.get_running_loop()
+    it = iter(events)
+    try:
+        while True:
+            # stdin is read in a thread so a slow producer never blocks acknowledgements
+            event = await loop.run_in_executor(None, next, it, StopIteration)
+            if event is StopIteration:
+                break
+            if event is None:
+                bad += 1
+                continue
+            await pub.emit(event)
+        ok = await pub.flush(timeout or None)
+        bad += len(pub.rejected)
+        for index, reason in pub.rejected:
+            typer.secho(f"error: event refused by busd: {reason}", err=True, fg=typer.colors.RED)
+        return ok, bad
+    finally:
+        await pub.close(0)
+        client.close()
+
+
+def bus_emit() -> None:
+    """Console script ``bus-emit``."""
+    emit_app(prog_name="bus-emit")
+
+
+# -- busctl ----------------------------------------------------------------------------------------
+
+ctl_app = typer.Typer(add_completion=True, no_args_is_help=True, help="Manage a running busd.")
+
+
+_ctl_config: dict[str, str | None] = {"config": None}
+
+
+@ctl_app.callback()
+def ctl_callback(config: ConfigOpt = None, version: VersionOpt = False) -> None:
+    """Manage a running busd over its control socket."""
+    _ctl_config["config"] = config
+
+
+def _ctl(config: str | None, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    from bus.client import request
+
+    config = config or _ctl_config["config"]
+    try:
+        return dict(_run(request(_control_endpoint(config), msg, timeout)))
+    except ControlError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+def _drops(d: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(d.items())) or "-"
+
+
+@ctl_app.command()
+def status(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show busd and every plugin: state, pid, restarts, events in/out, drops and why, lag."""
+    reply = _ctl(config, {"op": "status"})
+    if json_out:
+        typer.echo(json.dumps(reply, indent=2))
+        return
+    b = reply["broker"]
+    typer.echo(f"busd {reply['version']} pid {reply['pid']} on {reply['hostname']}, up {b['uptime']:.0f} s, "
+               f"config {reply['config']}")
+    typer.echo(f"published: raw {b['head']['raw']}, synthetic {b['head']['synthetic']}; "
+               f"replay buffer: raw {b['buffered']['raw']}, synthetic {b['buffered']['synthetic']}; "
+               f"malformed frames: {b['malformed']}")
+    if reply.get("last_reload_error"):
+        typer.secho(f"last reload refused: {reply['last_reload_error']}", fg=typer.colors.RED)
+    header = f"{'PLUGIN':20} {'TYPE':9} {'STATE':10} {'PID':>7} {'RESTARTS':>8} {'IN':>9} {'OUT':>9} {'LAG':>6}  DROPPED"
+    typer.echo(header)
+    for p in reply["plugins"]:
+        lag = p.get("lag", p.get("delivery", {}).get("pending", ""))
+        typer.echo(f"{p['name']:20} {p['type']:9} {p['state']:10} {p['pid'] or '-':>7} {p['restarts']:>8} "
+                   f"{p['events_in']:>9} {p['events_out']:>9} {lag!s:>6}  {_drops(p['dropped'])}"
+                   + (f"  ({p['last_exit']})" if p["state"] in ("failed", "restarting") and p["last_exit"] else ""))
+    for name, c in b["outside_producers"].items():
+        typer.echo(f"{name:20} {'producer':9} {'-':10} {'-':>7} {'-':>8} {c['events_in']:>9} {'-':>9} {'':>6}  "
+                   f"{_drops(c['dropped'])}")
+
+
+@ctl_app.command()
+def plugins(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the configured plugins and the file each comes from."""
+    reply = _ctl(config, {"op": "plugins"})
+    if json_out:
+        typer.echo(json.dumps(reply["plugins"], indent=2))
+        return
+    for p in reply["plugins"]:
+        what = f"builtin {p['builtin']}" if p["builtin"] else "exec " + " ".join(p["exec"])
+        typer.echo(f"{p['name']:20} {p['type']:9} {what:40} {p['file']}" + ("" if p["enabled"] else " (disabled)"))
+
+
+@ctl_app.command()
+def reload(config: ConfigOpt = None) -> None:
+    """Reload the configuration (like SIGHUP); a bad one is refused and the old one kept."""
+    reply = _ctl(config, {"op": "reload"}, timeout=30)
+    typer.echo(f"reloaded: added {reply['added'] or '-'}, removed {reply['removed'] or '-'}, "
+               f"restarted {reply['restarted'] or '-'}")
+
+
+def busctl() -> None:
+    """Console script ``busctl``."""
+    ctl_app(prog_name="busctl")
+

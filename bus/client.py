@@ -1,0 +1,377 @@
+"""Clients of the broker: control requests, acknowledged publishing, and gap-free subscribing.
+
+These are the building blocks of the plugin SDK and of ``bus-emit``, ``bus-tail`` and ``busctl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from bus import protocol
+from bus.event import Event, new_event, new_event_id, normalize
+from bus.exceptions import ControlError
+from bus.log import get_logger
+from bus.protocol import SEQ
+
+__all__ = ["ControlClient", "Publisher", "Subscriber", "Delivery", "request"]
+
+log = get_logger("client")
+
+
+class ControlClient:
+    """A DEALER on the control socket with concurrent requests matched to replies by ``id``."""
+
+    def __init__(self, endpoint: str, ctx: zmq.asyncio.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.ctx = ctx or zmq.asyncio.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.connect(endpoint)
+        self._sync = zmq.Socket.shadow(self.sock.underlying)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(), name="control-reader")
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            try:
+                reply = protocol.unpackb(frames[-1])
+                fut = self._waiting.pop(reply["id"])
+            except Exception:
+                continue
+            if not fut.done():
+                fut.set_result(reply)
+
+    def send(self, msg: dict[str, Any]) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Send a request now and return ``(id, future reply)``; :meth:`resend` may repeat it."""
+        self._ensure_reader()
+        rid = next(self._ids)
+        msg["id"] = rid
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        self._sync.send(protocol.packb(msg), zmq.NOBLOCK)
+        return rid, fut
+
+    def resend(self, rid: int, msg: dict[str, Any]) -> None:
+        """Send request ``rid`` again (after a timeout); its first future still gets the reply."""
+        msg["id"] = rid
+        self._sync.send(protocol.packb(msg), zmq.NOBLOCK)
+
+    def forget(self, rid: int) -> None:
+        """Stop waiting for request ``rid``."""
+        self._waiting.pop(rid, None)
+
+    async def request(self, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Send a request and await its reply.
+
+        Raises:
+            ControlError: no reply within ``timeout`` seconds, or the daemon refused the request.
+        """
+        rid, fut = self.send(msg)
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self.forget(rid)
+            raise ControlError(f"no reply from busd at {self.endpoint} within {timeout:g} s "
+                               "(is busd running with this configuration?)") from None
+        if not reply.get("ok", False):
+            raise ControlError(str(reply.get("error", "request refused")))
+        return reply
+
+    def close(self) -> None:
+        """Close the socket and cancel the reader."""
+        if self._reader is not None:
+            self._reader.cancel()
+        for fut in self._waiting.values():
+            fut.cancel()
+        self.sock.close(0)
+
+
+async def request(endpoint: str, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Send one control request to ``endpoint`` and return the reply (see :meth:`ControlClient.request`)."""
+    client = ControlClient(endpoint)
+    try:
+        return await client.request(msg, timeout)
+    finally:
+        client.close()
+
+
+class Publisher:
+    """Acknowledged publishing: events are batched, and kept until the broker acknowledges them.
+
+    Unacknowledged batches are sent again after ``ack_timeout`` (the broker drops resends by
+    ``event_id``), so a producer loses nothing when busd restarts under it.
+
+    Args:
+        client: the control client to publish through.
+        plugin: the producer's name (``source`` of its events).
+        batch: most events per request.
+        window: most requests awaiting acknowledgement; :meth:`emit` waits beyond it.
+        ack_timeout: seconds before an unacknowledged request is sent again.
+    """
+
+    def __init__(self, client: ControlClient, plugin: str, *, batch: int = 500, window: int = 8,
+                 ack_timeout: float = 2.0) -> None:
+        self.client = client
+        self.plugin = plugin
+        self.batch = batch
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self.buffer: list[Event] = []
+        self.inflight: OrderedDict[int, tuple[dict[str, Any], asyncio.Future[dict[str, Any]], float]] = OrderedDict()
+        self.acked = 0
+        self.rejected: list[tuple[int, str]] = []
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="publisher")
+
+    async def emit(self, event: Event) -> None:
+        """Queue one event; waits while the window of unacknowledged batches is full."""
+        self._start()
+        while not self._space.is_set():
+            await self._space.wait()
+        if not event.get("event_id"):
+            event["event_id"] = new_event_id()  # fixed now, so that a resend is recognised
+        self.buffer.append(event)
+        if len(self.buffer) >= self.batch:
+            self._send_batch()
+        else:
+            self._wake.set()
+
+    def _send_batch(self) -> None:
+        events, self.buffer = self.buffer[: self.batch], self.buffer[self.batch:]
+        msg = {"op": "publish", "plugin": self.plugin, "events": events}
+        rid, fut = self.client.send(msg)
+        self.inflight[rid] = (msg, fut, time.monotonic())
+        fut.add_done_callback(lambda f, rid=rid: self._on_ack(rid, f))
+        if len(self.inflight) >= self.window:
+            self._space.clear()
+
+    def _on_ack(self, rid: int, fut: asyncio.Future[dict[str, Any]]) -> None:
+        item = self.inflight.pop(rid, None)
+        if item is None or fut.cancelled():
+            return
+        reply = fut.result()
+        self.acked += int(reply.get("accepted", 0))
+        for index, reason in reply.get("rejected", []):
+            self.rejected.append((index, reason))
+            log.warning("event_rejected", plugin=self.plugin, reason=reason)
+        if len(self.inflight) < self.window:
+            self._space.set()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.ack_timeout / 4)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await asyncio.sleep(0)  # let a burst of emit() calls fill the batch
+            while self.buffer and len(self.inflight) < self.window:
+                self._send_batch()
+            now = time.monotonic()
+            for rid, (msg, _, sent) in list(self.inflight.items()):
+                if now - sent > self.ack_timeout:
+                    self.client.resend(rid, msg)
+                    self.inflight[rid] = (msg, self.inflight[rid][1], now)
+                    log.info("publish_resend", plugin=self.plugin, events=len(msg["events"]))
+
+    def pending(self) -> int:
+        """Return how many events are not acknowledged yet."""
+        return len(self.buffer) + sum(len(m["events"]) for m, _, _ in self.inflight.values())
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued event is acknowledged; return False if ``timeout`` ran out."""
+        self._start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.pending():
+            self._wake.set()
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def close(self, timeout: float | None = 2.0) -> bool:
+        """Flush (up to ``timeout``) and stop; return whether everything was acknowledged."""
+        ok = await self.flush(timeout)
+        if self._task is not None:
+            self._task.cancel()
+        return ok
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One event from a :class:`Subscriber`, with its stream position."""
+
+    kind: str
+    seq: int
+    event: Event
+
+
+class Subscriber:
+    """Receives published events in order, without gaps: missed ranges are replayed from the broker.
+
+    What fell out of the broker's replay buffer arrives as one ``BUS_EVENTS_LOST`` event (system
+    ``bus``, severity ``warn``) with the lost range in its extensions.
+
+    Args:
+        events_endpoint: the PUB socket (``BUS_EVENTS``).
+        control: a control client (``BUS_CONTROL``).
+        kinds: which kinds to receive (``raw``, ``synthetic``).
+        plugin: a configured receiver's name: resumes where its last run stopped. ``None``: live.
+        last: for an anonymous subscriber, start this many events back in the replay buffer.
+        progress_interval: seconds between progress reports and head checks.
+    """
+
+    def __init__(self, events_endpoint: str, control: ControlClient, kinds: tuple[str, ...] = ("synthetic",),
+                 *, plugin: str | None = None, last: int = 0, progress_interval: float = 0.5) -> None:
+        self.control = control
+        self.kinds = kinds
+        self.plugin = plugin
+        self.last = last
+        self.progress_interval = progress_interval
+        self.sub = control.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        for kind in kinds:
+            self.sub.setsockopt(zmq.SUBSCRIBE, f"{kind}.".encode())
+        self.sub.connect(events_endpoint)
+        self.next: dict[str, int] = {}
+        self.head: dict[str, int] = {}
+        self.done_seq: dict[str, int] = {}
+        self.stats = {"received": 0, "handled": 0, "replayed": 0, "lost": 0, "gaps": 0, "failed": 0,
+                      "kinds": list(kinds)}
+        self._last_progress = 0.0
+
+    async def start(self) -> None:
+        """Say hello and learn where to start."""
+        reply = await self.control.request({"op": "hello", "plugin": self.plugin, "kinds": list(self.kinds)})
+        self.head = reply["head"]
+        for kind in self.kinds:
+            start = reply["resume"][kind]
+            if self.plugin is None:
+                start = max(1, start - self.last)
+            self.next[kind] = start
+
+    def done(self, delivery: Delivery) -> None:
+        """Mark a delivery handled (reported to the broker as progress)."""
+        self.done_seq[delivery.kind] = delivery.seq
+        self.stats["handled"] += 1
+
+    async def _replay(self, kind: str, start: int, end: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        while start <= end:
+            reply = await self.control.request({"op": "replay", "kind": kind, "from": start, "to": end}, timeout=10)
+            gap = reply.get("gap")
+            if gap:
+                missed = gap[1] - gap[0] + 1
+                self.stats["lost"] += missed
+                log.warning("events_lost", kind=kind, first=gap[0], last=gap[1], missed=missed, plugin=self.plugin)
+                out.append(Delivery(kind, gap[1], new_event(
+                    "bus", "BUS_EVENTS_LOST", f"{missed} {kind} events (seq {gap[0]}..{gap[1]}) fell out of the "
+                    "broker's replay buffer before this subscriber received them",
+                    severity="warn", kind=kind, extensions={"stream": kind, "first": gap[0], "last": gap[1],
+                                                            "missed": missed})))
+                start = gap[1] + 1
+            events = reply["events"]
+            first = reply["first"]
+            for i, event in enumerate(events):
+                out.append(Delivery(kind, first + i, event))
+            self.stats["replayed"] += len(events)
+            if events:
+                start = first + len(events)
+            elif not gap:
+                break
+            end = min(end, reply.get("head", end))
+        return out
+
+    async def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < self.progress_interval:
+            return
+        self._last_progress = now
+        try:
+            reply = await self.control.request({"op": "progress", "plugin": self.plugin,
+                                                "acked": dict(self.done_seq), "stats": self.stats}, timeout=2)
+            self.head = reply["head"]
+        except Exception as exc:
+            log.debug("progress_failed", error=str(exc))
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        """Yield deliveries forever, in sequence order per kind, each exactly once per run."""
+        if not self.next:
+            await self.start()
+        for kind in self.kinds:
+            for d in await self._replay(kind, self.next[kind], self.head.get(kind, 0)):
+                if d.seq >= self.next[kind]:
+                    self.next[kind] = d.seq + 1
+                    yield d
+        shadow = zmq.Socket.shadow(self.sub.underlying)
+        while True:
+            batch: list[list[bytes]] = []
+            try:
+                batch.append(await asyncio.wait_for(self.sub.recv_multipart(), self.progress_interval))
+                while len(batch) < 1000:
+                    batch.append(shadow.recv_multipart(zmq.NOBLOCK))
+            except (TimeoutError, zmq.Again):
+                pass
+            for frames in batch:
+                try:
+                    kind = frames[0].split(b".", 1)[0].decode()
+                    first = SEQ.unpack(frames[1])[0]
+                    events = protocol.unpackb(frames[2])
+                except Exception as exc:
+                    log.warning("malformed_publication", error=str(exc))
+                    continue
+                if kind not in self.next:
+                    continue
+                self.stats["received"] += len(events)
+                if first > self.next[kind]:
+                    self.stats["gaps"] += 1
+                    for d in await self._replay(kind, self.next[kind], first - 1):
+                        if d.seq >= self.next[kind]:
+                            self.next[kind] = d.seq + 1
+                            yield d
+                for i, event in enumerate(events):
+                    seq = first + i
+                    if seq >= self.next[kind]:
+                        self.next[kind] = seq + 1
+                        yield Delivery(kind, seq, event)
+            await self._progress()
+            if not batch:
+                for kind in self.kinds:
+                    if self.head.get(kind, 0) >= self.next[kind]:
+                        for d in await self._replay(kind, self.next[kind], self.head[kind]):
+                            if d.seq >= self.next[kind]:
+                                self.next[kind] = d.seq + 1
+                                yield d
+
+    def close(self) -> None:
+        """Close the SUB socket."""
+        self.sub.close(0)
+
+
+def prepare(events: list[Any], hostname: str) -> list[Event]:
+    """Normalize events a producer is about to send (fills defaults so resends keep their ids)."""
+    return [normalize(e, hostname=hostname) for e in events]

@@ -1,0 +1,349 @@
+"""Configuration: TOML with ``include`` snippets, every key validated with its file and reason."""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import os
+import pkgutil
+import re
+import shlex
+import socket
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bus.exceptions import ConfigError
+from bus.filter import Filter, FilterError
+from bus.log import LEVELS
+from bus.protocol import IPC_PATH_MAX
+
+__all__ = [
+    "PLUGIN_TYPES",
+    "Config",
+    "MainConfig",
+    "Option",
+    "PluginConfig",
+    "builtin_module",
+    "default_path",
+    "default_runtime_dir",
+    "load",
+]
+
+PLUGIN_TYPES = ("collector", "parser", "receiver")
+_PACKAGES = {"collector": "collectors", "parser": "parsers", "receiver": "receivers"}
+_RESERVED = ("type", "builtin", "exec", "filter", "enabled")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_REQUIRED: Any = object()
+_DEFAULT_KINDS = {"parser": ("raw",), "receiver": ("synthetic",)}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a built-in plugin: its type, default and help text.
+
+    ``default=Option.REQUIRED`` makes it mandatory; ``choices`` restricts the values.
+    """
+
+    type: type | tuple[type, ...]
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] = ()
+
+    REQUIRED = _REQUIRED
+
+    def check(self, value: Any) -> str | None:
+        """Return why ``value`` is refused, or ``None`` when it is fine."""
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            return None
+        if isinstance(value, bool) and bool not in types:
+            return f"must be {_type_names(types)}, not a boolean"
+        if not isinstance(value, types):
+            return f"must be {_type_names(types)}, not {_toml_type(value)}"
+        if self.choices and value not in self.choices:
+            return f"{value!r} is not one of {', '.join(map(str, self.choices))}"
+        return None
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join(_toml_type_name(t) for t in types)
+
+
+def _toml_type_name(t: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+            dict: "a table"}.get(t, t.__name__)
+
+
+def _toml_type(value: Any) -> str:
+    return _toml_type_name(type(value)) if not isinstance(value, (list, dict)) else _toml_type_name(
+        list if isinstance(value, list) else dict)
+
+
+_MAIN_OPTIONS: dict[str, Option] = {
+    "runtime_dir": Option(str, None, "where the ipc:// sockets live"),
+    "hostname": Option(str, None, "host name put in events"),
+    "log_level": Option(str, "info", "daemon log level", LEVELS),
+    "include": Option(list, [], "globs of snippets, relative to the main file"),
+    "replay_buffer": Option(int, 100_000, "published events kept per kind for replay"),
+    "parser_queue": Option(int, 100_000, "events kept per parser until acknowledged"),
+    "dedup_window": Option(int, 200_000, "recent event ids remembered to drop resends"),
+    "restart_delay": Option(float, 0.5, "first restart delay of a crashed plugin, seconds"),
+    "restart_delay_max": Option(float, 30.0, "longest restart delay, seconds"),
+    "max_fast_crashes": Option(int, 5, "fast crashes in a row before a plugin is marked failed"),
+    "min_uptime": Option(float, 10.0, "a run shorter than this is a fast crash, seconds"),
+    "stop_timeout": Option(float, 3.0, "SIGTERM to SIGKILL delay when stopping a plugin, seconds"),
+}
+
+
+def default_path() -> str:
+    """Return ``$BUSD_CONFIG`` or ``/etc/busd/busd.toml``."""
+    return os.environ.get("BUSD_CONFIG") or "/etc/busd/busd.toml"
+
+
+def default_runtime_dir() -> str:
+    """Return ``/run/busd`` as root, else ``$XDG_RUNTIME_DIR/busd``, else ``/tmp/busd-UID``."""
+    if os.geteuid() == 0:
+        return "/run/busd"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return f"{xdg}/busd" if xdg else f"/tmp/busd-{os.geteuid()}"
+
+
+@dataclass(frozen=True)
+class MainConfig:
+    """The ``[main]`` table with defaults applied."""
+
+    runtime_dir: str
+    hostname: str
+    log_level: str = "info"
+    replay_buffer: int = 100_000
+    parser_queue: int = 100_000
+    dedup_window: int = 200_000
+    restart_delay: float = 0.5
+    restart_delay_max: float = 30.0
+    max_fast_crashes: int = 5
+    min_uptime: float = 10.0
+    stop_timeout: float = 3.0
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """One ``[plugins.NAME]`` table."""
+
+    name: str
+    type: str
+    table: dict[str, Any]
+    file: str
+    builtin: str | None = None
+    exec: tuple[str, ...] | None = None
+    filter: Filter = field(default_factory=Filter)
+    enabled: bool = True
+
+    def command(self) -> list[str]:
+        """Return the argv that starts this plugin."""
+        if self.exec is not None:
+            return list(self.exec)
+        assert self.builtin is not None
+        return [sys.executable, "-m", builtin_module(self.type, self.builtin)]
+
+    def table_json(self) -> str:
+        """Return the table as JSON, the value of ``BUS_PLUGIN_CONFIG``."""
+        return json.dumps(self.table, default=str)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated configuration."""
+
+    path: str
+    main: MainConfig
+    plugins: dict[str, PluginConfig]
+    files: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def builtin_module(plugin_type: str, builtin: str) -> str:
+    """Return the module that implements a built-in plugin, e.g. ``parsers.scsi``."""
+    return f"{_PACKAGES[plugin_type]}.{builtin}"
+
+
+def builtins(plugin_type: str) -> list[str]:
+    """Return the names of the built-in plugins of a type."""
+    pkg = importlib.import_module(_PACKAGES[plugin_type])
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found") from None
+    except PermissionError:
+        raise ConfigError(str(path), "", "permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+
+
+class _Merged:
+    """The main file and its snippets merged, remembering which file set each key."""
+
+    def __init__(self) -> None:
+        self.main: dict[str, Any] = {}
+        self.main_origin: dict[str, str] = {}
+        self.plugins: dict[str, dict[str, Any]] = {}
+        self.plugin_origin: dict[str, str] = {}
+
+    def add(self, path: Path, data: dict[str, Any], *, is_main: bool) -> None:
+        file = str(path)
+        for key, value in data.items():
+            if key == "main":
+                if not isinstance(value, dict):
+                    raise ConfigError(file, "main", "must be a table")
+                if not is_main and "include" in value:
+                    raise ConfigError(file, "main.include", "only the main file may include snippets")
+                for k, v in value.items():
+                    self.main[k] = v
+                    self.main_origin[k] = file
+            elif key == "plugins":
+                if not isinstance(value, dict):
+                    raise ConfigError(file, "plugins", "must be a table of plugin tables")
+                for name, table in value.items():
+                    if not isinstance(table, dict):
+                        raise ConfigError(file, f"plugins.{name}", "must be a table")
+                    self.plugins.setdefault(name, {}).update(table)
+                    self.plugin_origin[name] = file
+            else:
+                raise ConfigError(file, key, "unknown top-level key (allowed: main, plugins)")
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read, merge and validate a configuration file and its includes.
+
+    Raises:
+        ConfigError: naming the file, the key and the reason for the first problem found.
+    """
+    main_path = Path(path).absolute()
+    merged = _Merged()
+    merged.add(main_path, _read_toml(main_path), is_main=True)
+    files = [str(main_path)]
+    warnings: list[str] = []
+    include = merged.main.get("include", [])
+    if not isinstance(include, list) or not all(isinstance(g, str) for g in include):
+        raise ConfigError(str(main_path), "main.include", "must be an array of glob strings")
+    for pattern in include:
+        full = pattern if os.path.isabs(pattern) else str(main_path.parent / pattern)
+        matches = sorted(glob.glob(full))
+        if not matches:
+            warnings.append(f"{main_path}: main.include: {pattern!r} matches no file")
+        for snippet in matches:
+            snippet_path = Path(snippet)
+            merged.add(snippet_path, _read_toml(snippet_path), is_main=False)
+            files.append(snippet)
+    main = _build_main(merged)
+    plugins = {name: _build_plugin(name, table, merged.plugin_origin[name])
+               for name, table in merged.plugins.items()}
+    longest = max((len(n) for n in plugins), default=0)
+    if len(main.runtime_dir) + len("/ingest/.sock") + longest > IPC_PATH_MAX:
+        raise ConfigError(merged.main_origin.get("runtime_dir", str(main_path)), "main.runtime_dir",
+                          f"{main.runtime_dir!r} is too long for ipc:// socket paths "
+                          f"({IPC_PATH_MAX} bytes with the longest plugin name)")
+    return Config(str(main_path), main, plugins, tuple(files), tuple(warnings))
+
+
+def _build_main(merged: _Merged) -> MainConfig:
+    values: dict[str, Any] = {}
+    for key, value in merged.main.items():
+        file = merged.main_origin[key]
+        opt = _MAIN_OPTIONS.get(key)
+        if opt is None:
+            raise ConfigError(file, f"main.{key}", f"unknown key (allowed: {', '.join(_MAIN_OPTIONS)})")
+        reason = opt.check(value)
+        if reason:
+            raise ConfigError(file, f"main.{key}", reason)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(file, f"main.{key}", f"must be positive, got {value}")
+        if key != "include":
+            values[key] = float(value) if opt.type is float else value
+    values["runtime_dir"] = os.path.abspath(values.get("runtime_dir") or default_runtime_dir())
+    values.setdefault("hostname", socket.gethostname())
+    if not values["hostname"]:
+        raise ConfigError(merged.main_origin.get("hostname", ""), "main.hostname", "must not be empty")
+    return MainConfig(**values)
+
+
+def _build_plugin(name: str, table: dict[str, Any], file: str) -> PluginConfig:
+    key = f"plugins.{name}"
+    if not _NAME.match(name):
+        raise ConfigError(file, key, "plugin names are letters, digits, '_', '-' and '.', at most 64")
+    ptype = table.get("type")
+    if ptype is None:
+        raise ConfigError(file, f"{key}.type", f"is missing (one of {', '.join(PLUGIN_TYPES)})")
+    if ptype not in PLUGIN_TYPES:
+        raise ConfigError(file, f"{key}.type", f"{ptype!r} is not one of {', '.join(PLUGIN_TYPES)}")
+    builtin, argv = table.get("builtin"), table.get("exec")
+    if (builtin is None) == (argv is None):
+        raise ConfigError(file, key, "needs exactly one of 'builtin' (a shipped plugin) or 'exec' (a command)")
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(file, f"{key}.enabled", "must be a boolean")
+    if "filter" in table and ptype == "collector":
+        raise ConfigError(file, f"{key}.filter", "collectors take no filter (they produce, not consume)")
+    try:
+        flt = Filter.parse(table.get("filter"), default_kinds=_DEFAULT_KINDS.get(ptype))
+    except FilterError as exc:
+        raise ConfigError(file, f"{key}.{exc}".split(": ", 1)[0], str(exc).split(": ", 1)[1]) from None
+    exec_argv: tuple[str, ...] | None = None
+    if argv is not None:
+        if isinstance(argv, str):
+            argv = shlex.split(argv)
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ConfigError(file, f"{key}.exec", "must be a non-empty array of strings (or a command line)")
+        exec_argv = tuple(argv)
+    else:
+        if not isinstance(builtin, str):
+            raise ConfigError(file, f"{key}.builtin", "must be a string")
+        known = builtins(ptype)
+        if builtin not in known:
+            raise ConfigError(file, f"{key}.builtin",
+                              f"no built-in {ptype} {builtin!r} (built-in {ptype}s: {', '.join(known) or 'none'})")
+        _check_builtin_options(file, key, ptype, builtin, table)
+    return PluginConfig(name=name, type=ptype, table=dict(table), file=file, builtin=builtin,
+                        exec=exec_argv, filter=flt, enabled=enabled)
+
+
+def _check_builtin_options(file: str, key: str, ptype: str, builtin: str, table: dict[str, Any]) -> None:
+    module = importlib.import_module(builtin_module(ptype, builtin))
+    options: dict[str, Option] = getattr(module, "OPTIONS", {})
+    for opt_key, value in table.items():
+        if opt_key in _RESERVED:
+            continue
+        opt = options.get(opt_key)
+        if opt is None:
+            allowed = ", ".join([*_RESERVED, *options]) if options else ", ".join(_RESERVED)
+            raise ConfigError(file, f"{key}.{opt_key}", f"unknown key for built-in {ptype} {builtin!r} "
+                                                         f"(allowed: {allowed})")
+        reason = opt.check(value)
+        if reason:
+            raise ConfigError(file, f"{key}.{opt_key}", reason)
+    for opt_key, opt in options.items():
+        if opt.default is _REQUIRED and opt_key not in table:
+            raise ConfigError(file, f"{key}.{opt_key}", f"is required by built-in {ptype} {builtin!r}")
+    check = getattr(module, "check_options", None)
+    if check is not None:
+        try:
+            check(plugin_options(ptype, builtin, table))
+        except ValueError as exc:
+            raise ConfigError(file, f"{key}.{exc}".split(": ", 1)[0], str(exc).split(": ", 1)[-1]) from None
+
+
+def plugin_options(plugin_type: str, builtin: str, table: dict[str, Any]) -> dict[str, Any]:
+    """Return a built-in plugin's options: its defaults overlaid with ``table``."""
+    module = importlib.import_module(builtin_module(plugin_type, builtin))
+    options: dict[str, Option] = getattr(module, "OPTIONS", {})
+    values = {k: o.default for k, o in options.items() if o.default is not _REQUIRED}
+    values.update({k: v for k, v in table.items() if k not in _RESERVED})
+    return values

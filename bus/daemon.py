@@ -1,0 +1,158 @@
+"""busd's main loop: load the configuration, run the broker and the supervisor, obey signals.
+
+SIGHUP and ``busctl reload`` take the same path (:meth:`Daemon.reload`); SIGTERM, SIGINT and
+``busctl stop`` the same path to shutdown, so there is one way to do each thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from bus import __version__, sdnotify
+from bus.broker import Broker
+from bus.config import Config, PluginConfig, load
+from bus.exceptions import ConfigError
+from bus.log import configure, get_logger
+from bus.supervisor import Supervisor
+
+__all__ = ["Daemon", "run"]
+
+log = get_logger("busd")
+
+
+class Daemon:
+    """One running busd.
+
+    Args:
+        config: the validated configuration to start with.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.broker = Broker(config.main.runtime_dir, config.main.hostname,
+                             replay_buffer=config.main.replay_buffer, parser_queue=config.main.parser_queue,
+                             dedup_window=config.main.dedup_window)
+        self.supervisor = Supervisor(config.main, self.broker.plugin_stopped)
+        self.stopping = asyncio.Event()
+        self.reloads = 0
+        self.last_reload_error = ""
+        self._reload_lock = asyncio.Lock()
+
+    def _plugin_map(self, config: Config) -> dict[str, Any]:
+        return {n: (p.type, p.filter) for n, p in config.plugins.items()}
+
+    async def run(self) -> None:
+        """Serve until asked to stop."""
+        loop = asyncio.get_running_loop()
+        await self.broker.start()
+        self.broker.handlers.update(status=self._op_status, plugins=self._op_plugins, reload=self._op_reload,
+                                    stop=self._op_stop)
+        self.broker.set_plugins(self._plugin_map(self.config))
+        for pconf in self.config.plugins.values():
+            self.supervisor.start(pconf)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        for warning in self.config.warnings:
+            log.warning("config_warning", message=warning)
+        log.info("busd_ready", version=__version__, config=self.config.path, runtime_dir=self.config.main.runtime_dir,
+                 plugins=len(self.config.plugins), pid=os.getpid())
+        sdnotify.notify("READY=1", f"STATUS=serving {len(self.config.plugins)} plugins", f"MAINPID={os.getpid()}")
+        watchdog = sdnotify.watchdog_interval()
+        wd_task = asyncio.create_task(self._watchdog(watchdog)) if watchdog else None
+        await self.stopping.wait()
+        started = time.monotonic()
+        sdnotify.notify("STOPPING=1", "STATUS=stopping plugins")
+        log.info("busd_stopping")
+        if wd_task is not None:
+            wd_task.cancel()
+        await self.supervisor.stop_all()
+        await self.broker.close()
+        log.info("busd_stopped", seconds=round(time.monotonic() - started, 3))
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration; restart only plugins whose table changed; keep all on error."""
+        async with self._reload_lock:
+            sdnotify.reloading()
+            try:
+                new = load(self.config.path)
+                if new.main.runtime_dir != self.config.main.runtime_dir:
+                    raise ConfigError(new.path, "main.runtime_dir", "cannot change on reload; restart busd")
+            except ConfigError as exc:
+                self.last_reload_error = str(exc)
+                log.error("reload_refused", error=str(exc), kept=self.config.path)
+                sdnotify.notify("READY=1", f"STATUS=reload refused: {exc}")
+                return {"ok": False, "error": f"reload refused, old configuration kept: {exc}"}
+            old = self.config
+            main_changed = old.main != new.main
+            changed = [n for n, p in new.plugins.items()
+                       if n in old.plugins and (_differs(old.plugins[n], p) or main_changed)]
+            removed = [n for n in old.plugins if n not in new.plugins]
+            added = [n for n in new.plugins if n not in old.plugins]
+            await asyncio.gather(*(self.supervisor.stop(n) for n in (*removed, *changed)))
+            self.config = new
+            self.supervisor.main = new.main
+            self.broker.hostname = new.main.hostname
+            self.broker.resize(new.main.replay_buffer, new.main.parser_queue, new.main.dedup_window)
+            self.broker.set_plugins(self._plugin_map(new))
+            configure(new.main.log_level)
+            for name in (*changed, *added):
+                self.supervisor.start(new.plugins[name])
+            self.reloads += 1
+            self.last_reload_error = ""
+            for warning in new.warnings:
+                log.warning("config_warning", message=warning)
+            log.info("reloaded", added=added, removed=removed, restarted=changed,
+                     kept=len(new.plugins) - len(added) - len(changed))
+            sdnotify.notify("READY=1", f"STATUS=serving {len(new.plugins)} plugins")
+            return {"ok": True, "added": added, "removed": removed, "restarted": changed}
+
+    # -- control operations --------------------------------------------------------------------
+
+    async def _op_status(self, msg: dict[str, Any]) -> dict[str, Any]:
+        plugins = []
+        for entry in self.supervisor.status():
+            entry.update(self.broker.plugin_status(entry["name"]))
+            plugins.append(entry)
+        return {"ok": True, "version": __version__, "pid": os.getpid(), "config": self.config.path,
+                "hostname": self.config.main.hostname, "runtime_dir": self.config.main.runtime_dir,
+                "reloads": self.reloads, "last_reload_error": self.last_reload_error,
+                "broker": self.broker.status(), "plugins": plugins}
+
+    async def _op_plugins(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "plugins": [
+            {"name": p.name, "type": p.type, "builtin": p.builtin, "exec": list(p.exec or ()), "file": p.file,
+             "enabled": p.enabled} for p in self.config.plugins.values()]}
+
+    async def _op_reload(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return await self.reload()
+
+    async def _op_stop(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.stopping.set()
+        return {"ok": True}
+
+
+def _differs(a: PluginConfig, b: PluginConfig) -> bool:
+    return a.table != b.table
+
+
+def run(config: Config) -> None:
+    """Run busd in the foreground on uvloop (asyncio's loop when uvloop is missing)."""
+    configure(config.main.log_level)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(Daemon(config).run())

@@ -1,0 +1,41 @@
+"""Exceptions raised by busd.
+
+Hierarchy::
+
+    BusError
+    ├── EventError      an event that does not follow schema version 1
+    ├── ConfigError     a configuration file, key or value that is refused
+    └── ControlError    the daemon could not be reached or refused a request
+"""
+
+from __future__ import annotations
+
+__all__ = ["BusError", "ConfigError", "ControlError", "EventError"]
+
+
+class BusError(Exception):
+    """Base class of every error busd raises on purpose."""
+
+
+class EventError(BusError, ValueError):
+    """An event failed validation; the message names the offending key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}")
+
+
+class ConfigError(BusError):
+    """A configuration was refused; the message names the file, the key and the reason."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {reason}")
+
+
+class ControlError(BusError):
+    """A request to the running daemon failed (not running, timed out or refused)."""

@@ -1,0 +1,51 @@
+"""Structured logging: JSON lines on stderr for daemons and plugins, a console renderer on a TTY."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+__all__ = ["configure", "get_logger", "LEVELS"]
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure(level: str = "info", *, json: bool | None = None, **context: Any) -> None:
+    """Configure structlog once, early in a process's ``main()``.
+
+    Args:
+        level: minimum level, one of ``LEVELS``.
+        json: force JSON (True) or console (False) output; default: JSON unless stderr is a TTY.
+        context: keys bound to every line (e.g. ``plugin="scsi"``).
+    """
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=True)
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if json:
+        processors.append(structlog.processors.dict_tracebacks)
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    structlog.contextvars.clear_contextvars()
+    if context:
+        structlog.contextvars.bind_contextvars(**context)
+
+
+def get_logger(name: str | None = None) -> Any:
+    """Return a structlog logger, with ``logger=name`` bound when given."""
+    log = structlog.get_logger()
+    return log.bind(logger=name) if name else log

@@ -1,0 +1,278 @@
+"""The Python plugin SDK: :class:`Collector`, :class:`Parser`, :class:`Receiver` and :func:`run`.
+
+A plugin reads everything it needs from the environment busd gives it (``BUS_PLUGIN``,
+``BUS_PLUGIN_CONFIG``, ``BUS_INGEST``, ``BUS_INPUT``, ``BUS_EVENTS``, ``BUS_CONTROL``,
+``BUS_HOSTNAME``); the SDK handles sockets, acknowledgements, replay and shutdown, so a plugin
+only says what to do with an event::
+
+    from bus.plugin import Parser, run
+
+    class Upper(Parser):
+        def handle(self, event):
+            if "error" in event["msg"]:
+                return self.event("demo", "DEMO_ERROR", event["msg"], severity="error")
+
+    if __name__ == "__main__":
+        run(Upper)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import zmq
+import zmq.asyncio
+
+from bus import protocol
+from bus.client import ControlClient, Publisher, Subscriber
+from bus.config import plugin_options
+from bus.event import KINDS, Event, new_event, normalize
+from bus.filter import Filter
+from bus.log import configure, get_logger
+
+__all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run"]
+
+HandleResult = Event | Iterable[Event] | None
+
+
+def derive_id(parent_id: str, plugin: str, index: int) -> str:
+    """Return a UUID-formatted id derived from a parent event: the same input gives the same id.
+
+    This makes a parser's outputs recognisable when its input is delivered again after a crash.
+    """
+    x = hashlib.blake2b(f"{parent_id}/{plugin}/{index}".encode(), digest_size=16).hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{x[16:20]}-{x[20:]}"
+
+
+class Plugin:
+    """Common base: environment, options, logging, and publishing.
+
+    Attributes:
+        name: the instance name (``BUS_PLUGIN``).
+        config: the plugin's configuration table.
+        options: for a built-in plugin, its ``OPTIONS`` defaults overlaid with ``config``;
+            otherwise ``config`` without the keys busd itself uses.
+        hostname: the host name to put in events.
+        log: a structlog logger bound to the plugin's name.
+    """
+
+    type: ClassVar[str] = ""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self.env = env
+        self.name = env.get("BUS_PLUGIN", self.__class__.__name__.lower())
+        self.config: dict[str, Any] = json.loads(env.get("BUS_PLUGIN_CONFIG") or "{}")
+        builtin = self.config.get("builtin")
+        if builtin and self.type:
+            self.options = plugin_options(self.type, builtin, self.config)
+        else:
+            self.options = {k: v for k, v in self.config.items()
+                            if k not in ("type", "builtin", "exec", "filter", "enabled")}
+        self.hostname = env.get("BUS_HOSTNAME") or socket.gethostname()
+        self.log = get_logger().bind(plugin=self.name)
+        self.ctx = zmq.asyncio.Context.instance()
+        self._control: ControlClient | None = None
+        self._publisher: Publisher | None = None
+
+    @property
+    def control(self) -> ControlClient:
+        """The control client (``BUS_CONTROL``), created on first use."""
+        if self._control is None:
+            self._control = ControlClient(self.env["BUS_CONTROL"], self.ctx)
+        return self._control
+
+    def event(self, system: str, event_type: str, msg: str = "", **fields: Any) -> Event:
+        """Build an event from this plugin (``kind`` raw for collectors, synthetic otherwise)."""
+        fields.setdefault("kind", "raw" if self.type == "collector" else "synthetic")
+        fields.setdefault("hostname", self.hostname)
+        return new_event(system, event_type, msg, **fields)
+
+    async def emit(self, event: Event) -> None:
+        """Publish an event, acknowledged by the broker (resent if busd restarts)."""
+        if self._publisher is None:
+            self._publisher = Publisher(self.control, self.name)
+        await self._publisher.emit(event)
+
+    async def setup(self) -> None:
+        """Called once before the plugin starts working; override to open files or sockets."""
+
+    async def teardown(self) -> None:
+        """Called once at shutdown; override to release what :meth:`setup` opened."""
+
+    async def main(self) -> None:
+        """The plugin's work; each base class provides it."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Flush what is not acknowledged yet (up to 2 s) and close sockets."""
+        if self._publisher is not None:
+            if not await self._publisher.close(2.0):
+                self.log.warning("unacknowledged_at_exit", events=self._publisher.pending())
+        if self._control is not None:
+            self._control.close()
+
+
+class Collector(Plugin):
+    """Produces raw events: override :meth:`run` and call ``await self.emit(event)``."""
+
+    type = "collector"
+
+    async def run(self) -> None:
+        """Produce events until cancelled."""
+        raise NotImplementedError
+
+    async def main(self) -> None:
+        """Run the collector; when :meth:`run` returns, flush and exit."""
+        await self.run()
+
+
+class Parser(Plugin):
+    """Turns routed events into synthetic events: override :meth:`handle`.
+
+    ``handle`` may be a plain or an ``async`` method and returns ``None``, one event or an iterable
+    of events. Their ids are derived from the input's, and they are sent together with the
+    acknowledgement of the input, so a parser killed mid-stream neither loses nor duplicates output.
+    """
+
+    type = "parser"
+    window: ClassVar[int] = 1000
+
+    def handle(self, event: Event) -> HandleResult | Any:
+        """Return the synthetic events that ``event`` gives (``None`` for none)."""
+        raise NotImplementedError
+
+    async def main(self) -> None:
+        """Receive deliveries, handle each event, and acknowledge them with the outputs."""
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(self.env["BUS_INPUT"])
+        await sock.send(protocol.packb({"op": "hello", "plugin": self.name, "window": self.window}))
+        handle = self.handle
+        name = self.name
+        hostname = self.hostname
+        try:
+            while True:
+                msg = protocol.unpackb(await sock.recv())
+                if msg.get("op") == "error":
+                    self.log.error("broker_refused", error=msg.get("error"))
+                    return
+                if msg.get("op") != "events":
+                    continue
+                outputs: list[Event] = []
+                for event in msg["events"]:
+                    try:
+                        result = handle(event)
+                        if inspect.isawaitable(result):
+                            result = await result
+                    except Exception:
+                        self.log.exception("handle_failed", event_id=event.get("event_id"))
+                        continue
+                    if result is None:
+                        continue
+                    items = [result] if isinstance(result, dict) else list(result)
+                    for index, out in enumerate(items):
+                        out["event_id"] = derive_id(event.get("event_id", ""), name, index)
+                        out["kind"] = "synthetic"
+                        normalize(out, hostname=hostname)
+                        outputs.append(out)
+                await sock.send(protocol.packb({"op": "ack", "upto": msg["upto"], "events": outputs}))
+        finally:
+            sock.close()
+
+
+class Receiver(Plugin):
+    """Acts on published events: override :meth:`handle`.
+
+    Events arrive in order, filtered by the plugin's ``filter`` (default: synthetic events), and
+    after a restart the receiver resumes where it stopped (events still in the broker's replay
+    buffer are delivered; what fell out arrives as one ``BUS_EVENTS_LOST`` event).
+    """
+
+    type = "receiver"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.filter = Filter.parse(self.config.get("filter"), default_kinds=("synthetic",))
+        self.subscriber: Subscriber | None = None
+
+    def handle(self, event: Event) -> Any:
+        """Act on one event (plain or ``async``); an exception is logged and counted, not fatal."""
+        raise NotImplementedError
+
+    async def main(self) -> None:
+        """Subscribe and hand every matching event to :meth:`handle`."""
+        kinds = tuple(k for k in KINDS if self.filter.wants_kind(k))
+        self.subscriber = sub = Subscriber(self.env["BUS_EVENTS"], self.control, kinds, plugin=self.name)
+        match = self.filter.match
+        handle = self.handle
+        async for delivery in sub:
+            event = delivery.event
+            if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
+                try:
+                    result = handle(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    sub.stats["failed"] += 1
+                    self.log.exception("handle_failed", event_id=event.get("event_id"))
+            sub.done(delivery)
+
+    async def close(self) -> None:
+        """Report final progress, then close."""
+        if self.subscriber is not None:
+            self.subscriber._last_progress = 0.0
+            await self.subscriber._progress()
+            self.subscriber.close()
+        await super().close()
+
+
+async def _amain(plugin: Plugin) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await plugin.setup()
+        await plugin.main()
+    except asyncio.CancelledError:
+        plugin.log.info("plugin_stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        try:
+            await plugin.teardown()
+        finally:
+            await plugin.close()
+
+
+def run(cls: type[Plugin], env: Mapping[str, str] | None = None) -> None:
+    """Run a plugin class as the main program of its process (uvloop when available).
+
+    Logs JSON lines to stderr, which busd merges into its own log.
+    """
+    env = os.environ if env is None else env
+    configure(env.get("BUS_LOG_LEVEL", "info"), json=True, plugin=env.get("BUS_PLUGIN", cls.__name__))
+    plugin = cls(env)
+    try:
+        import uvloop
+
+        runner: Any = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency; fallback for odd platforms
+        runner = asyncio.Runner()
+    with runner:
+        try:
+            runner.run(_amain(plugin))
+        except Exception:
+            plugin.log.exception("plugin_crashed")
+            sys.exit(1)

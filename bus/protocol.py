@@ -1,0 +1,94 @@
+"""Wire protocol shared by the broker and the SDK (see ``docs/protocol.md`` for the prose).
+
+Sockets, all ``ipc://`` under the runtime directory:
+
+``ingest/<plugin>.sock`` PULL  (``BUS_INGEST``)   fire-and-forget events from one collector or parser
+``input.sock``           ROUTER (``BUS_INPUT``)   routed events to parsers, with acknowledgements
+``events.sock``          PUB    (``BUS_EVENTS``)  published events: ``[topic, seq, array of events]``
+``control.sock``         ROUTER (``BUS_CONTROL``) requests: acknowledged publish, replay, status...
+
+Every frame that is not a topic or a sequence number is one msgpack object.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "MAX_FRAME",
+    "SEQ",
+    "endpoint",
+    "ingest_endpoint",
+    "pack_array",
+    "pack_with_events",
+    "topic",
+]
+
+SEQ = struct.Struct(">Q")
+MAX_FRAME = 8 * 1024 * 1024
+"""Largest frame the broker accepts; larger frames are dropped and counted."""
+HARD_MAX_FRAME = 64 * 1024 * 1024
+"""ZeroMQ's own limit (``MAXMSGSIZE``): a peer sending more is disconnected by libzmq."""
+IPC_PATH_MAX = 107
+
+CONTROL = "control.sock"
+INPUT = "input.sock"
+EVENTS = "events.sock"
+
+
+def endpoint(runtime_dir: str | Path, name: str) -> str:
+    """Return the ``ipc://`` endpoint of socket ``name`` under ``runtime_dir``."""
+    return f"ipc://{Path(runtime_dir) / name}"
+
+
+def ingest_endpoint(runtime_dir: str | Path, plugin: str) -> str:
+    """Return the per-plugin PULL endpoint a collector or parser pushes events to."""
+    return endpoint(runtime_dir, f"ingest/{plugin}.sock")
+
+
+def topic(kind: str, system: str) -> bytes:
+    """Return the PUB topic of events of this kind and system, e.g. ``b"synthetic.scsi."``.
+
+    The trailing dot makes prefix subscriptions exact: ``synthetic.md.`` does not match ``mdraid``.
+    """
+    return f"{kind}.{system}.".encode()
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def pack_array(items: Sequence[bytes]) -> bytes:
+    """Return a msgpack array whose elements are the already-encoded ``items``."""
+    return _array_header(len(items)) + b"".join(items)
+
+
+def pack_with_events(header: dict[str, Any], events: Sequence[bytes]) -> bytes:
+    """Return a msgpack map of ``header`` plus key ``events``: an array of already-encoded events."""
+    n = len(header) + 1
+    out = bytearray(bytes((0x80 | n,)) if n < 16 else b"\xde" + n.to_bytes(2, "big"))
+    for key, value in header.items():
+        out += msgpack.packb(key)
+        out += msgpack.packb(value, use_bin_type=True)
+    out += msgpack.packb("events")
+    out += pack_array(events)
+    return bytes(out)
+
+
+def packb(obj: Any) -> bytes:
+    """Encode a control message."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpackb(data: bytes) -> Any:
+    """Decode a control message (raises ``ValueError`` subclasses on garbage)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)

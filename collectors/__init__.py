@@ -1,0 +1,1 @@
+"""Built-in collectors: one module per plugin, each runnable as ``python -m collectors.NAME``."""
