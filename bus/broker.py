@@ -553,6 +553,16 @@ class Broker:
             header["id"] = msg["id"]
         return protocol.pack_with_events(header, events)
 
+    def parsers_idle(self) -> bool:
+        """Return whether every connected parser has acknowledged everything routed to it."""
+        return all(not link.queue for link in self.parsers.values() if link.peer is not None)
+
+    def receivers_idle(self) -> bool:
+        """Return whether every receiver that reports progress has handled everything published."""
+        head = self.head()
+        return all(state.acked.get(k, 0) >= head[k] for state in self.receivers.values() if state.last_seen
+                   for k in state.stats.get("kinds", ["synthetic"]) if k in head)
+
     # -- status --------------------------------------------------------------------------------
 
     def plugin_status(self, name: str) -> dict[str, Any]:

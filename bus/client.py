@@ -33,14 +33,29 @@ class ControlClient:
     def __init__(self, endpoint: str, ctx: zmq.asyncio.Context | None = None) -> None:
         self.endpoint = endpoint
         self.ctx = ctx or zmq.asyncio.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.connect(endpoint)
-        self._sync = zmq.Socket.shadow(self.sock.underlying)
+        self.sock = self._connect()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
+
+    def _connect(self) -> zmq.asyncio.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def reconnect(self) -> None:
+        """Throw the socket away with whatever it still queues, and connect a new one.
+
+        The "lazy pirate" pattern: after a timeout, resending on the same socket would pile copies
+        up in its queue while busd is away; a fresh socket holds only what is sent next.
+        """
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        self.sock.close(0)
+        self.sock = self._connect()
 
     def _ensure_reader(self) -> None:
         if self._reader is None:
@@ -64,13 +79,20 @@ class ControlClient:
         msg["id"] = rid
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        self._sync.send(protocol.packb(msg), zmq.NOBLOCK)
+        self._send(msg)
         return rid, fut
 
     def resend(self, rid: int, msg: dict[str, Any]) -> None:
         """Send request ``rid`` again (after a timeout); its first future still gets the reply."""
+        self._ensure_reader()
         msg["id"] = rid
-        self._sync.send(protocol.packb(msg), zmq.NOBLOCK)
+        self._send(msg)
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        # Sent through the asyncio socket, never a sync shadow: ZeroMQ's file descriptor is
+        # edge-triggered, and a send behind zmq.asyncio's back can swallow the wake-up of the
+        # reader task waiting for replies on this same socket.
+        self.sock.send(protocol.packb(msg)).add_done_callback(_log_send_error)
 
     def forget(self, rid: int) -> None:
         """Stop waiting for request ``rid``."""
@@ -100,6 +122,11 @@ class ControlClient:
         for fut in self._waiting.values():
             fut.cancel()
         self.sock.close(0)
+
+
+def _log_send_error(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("control_send_failed", error=str(fut.exception()))
 
 
 async def request(endpoint: str, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
@@ -191,11 +218,13 @@ class Publisher:
             while self.buffer and len(self.inflight) < self.window:
                 self._send_batch()
             now = time.monotonic()
-            for rid, (msg, _, sent) in list(self.inflight.items()):
-                if now - sent > self.ack_timeout:
+            if self.inflight and now - next(iter(self.inflight.values()))[2] > self.ack_timeout:
+                self.client.reconnect()
+                for rid, (msg, fut, _) in list(self.inflight.items()):
                     self.client.resend(rid, msg)
-                    self.inflight[rid] = (msg, self.inflight[rid][1], now)
-                    log.info("publish_resend", plugin=self.plugin, events=len(msg["events"]))
+                    self.inflight[rid] = (msg, fut, now)
+                log.info("publish_resend", plugin=self.plugin, events=self.pending() - len(self.buffer),
+                         reason=f"not acknowledged within {self.ack_timeout:g} s")
 
     def pending(self) -> int:
         """Return how many events are not acknowledged yet."""
@@ -245,7 +274,7 @@ class Subscriber:
     """
 
     def __init__(self, events_endpoint: str, control: ControlClient, kinds: tuple[str, ...] = ("synthetic",),
-                 *, plugin: str | None = None, last: int = 0, progress_interval: float = 0.5) -> None:
+                 *, plugin: str | None = None, last: int = 0, progress_interval: float = 0.25) -> None:
         self.control = control
         self.kinds = kinds
         self.plugin = plugin

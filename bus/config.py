@@ -95,7 +95,7 @@ _MAIN_OPTIONS: dict[str, Option] = {
     "restart_delay_max": Option(float, 30.0, "longest restart delay, seconds"),
     "max_fast_crashes": Option(int, 5, "fast crashes in a row before a plugin is marked failed"),
     "min_uptime": Option(float, 10.0, "a run shorter than this is a fast crash, seconds"),
-    "stop_timeout": Option(float, 3.0, "SIGTERM to SIGKILL delay when stopping a plugin, seconds"),
+    "stop_timeout": Option(float, 1.5, "SIGTERM to SIGKILL delay when stopping a plugin, seconds"),
 }
 
 
@@ -126,7 +126,7 @@ class MainConfig:
     restart_delay_max: float = 30.0
     max_fast_crashes: int = 5
     min_uptime: float = 10.0
-    stop_timeout: float = 3.0
+    stop_timeout: float = 1.5
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from bus.supervisor import Supervisor
 __all__ = ["Daemon", "run"]
 
 log = get_logger("busd")
+_SHUTDOWN_BUDGET = 4.5
+_DRAIN_MAX_WAIT = 0.75
 
 
 class Daemon:
@@ -70,9 +72,25 @@ class Daemon:
         log.info("busd_stopping")
         if wd_task is not None:
             wd_task.cancel()
-        await self.supervisor.stop_all()
+        await self._shutdown(started + _SHUTDOWN_BUDGET)
         await self.broker.close()
         log.info("busd_stopped", seconds=round(time.monotonic() - started, 3))
+
+    async def _shutdown(self, deadline: float) -> None:
+        """Stop producers first, let parsers and receivers catch up briefly, then stop them.
+
+        In-flight events thus reach their receivers on a clean stop; the whole stop stays under
+        ``_SHUTDOWN_BUDGET`` seconds (SIGKILL for plugins that ignore SIGTERM).
+        """
+        phases = [("collector", None), ("parser", self.broker.parsers_idle), ("receiver", self.broker.receivers_idle)]
+        for i, (ptype, idle) in enumerate(phases):
+            left = len(phases) - i
+            if idle is not None:
+                wait_until = time.monotonic() + min(_DRAIN_MAX_WAIT, (deadline - time.monotonic()) / (2 * left))
+                while not idle() and time.monotonic() < wait_until:
+                    await asyncio.sleep(0.02)
+            timeout = min(self.config.main.stop_timeout, max(0.1, (deadline - time.monotonic()) / left))
+            await self.supervisor.stop_all(ptype, timeout)
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -46,6 +46,6 @@ def configure(level: str = "info", *, json: bool | None = None, **context: Any) 
 
 
 def get_logger(name: str | None = None) -> Any:
-    """Return a structlog logger, with ``logger=name`` bound when given."""
-    log = structlog.get_logger()
-    return log.bind(logger=name) if name else log
+    """Return a structlog logger, with ``component=name`` in every line when given."""
+    # initial values, not .bind(): binding here would freeze the configuration of import time
+    return structlog.get_logger(component=name) if name else structlog.get_logger()

@@ -191,15 +191,16 @@ class Supervisor:
             if isinstance(fields, dict) and isinstance(fields.get("event"), str):
                 level = str(fields.pop("level", "info"))
                 message = fields.pop("event")
-                for key in ("timestamp", "logger", "plugin"):
+                for key in ("timestamp", "component", "plugin"):
                     fields.pop(key, None)
                 emit = getattr(log, level if level in ("debug", "info", "warning", "error", "critical") else "info")
                 emit(message, plugin=name, **fields)
             else:
                 log.info("plugin_output", plugin=name, stream=which, line=line)
 
-    async def stop(self, name: str) -> None:
-        """Stop one plugin: SIGTERM to its process group, SIGKILL after ``stop_timeout``."""
+    async def stop(self, name: str, timeout: float | None = None) -> None:
+        """Stop one plugin: SIGTERM to its process group, SIGKILL after ``timeout`` (``stop_timeout``)."""
+        timeout = self.main.stop_timeout if timeout is None else timeout
         pp = self.plugins.pop(name, None)
         if pp is None:
             return
@@ -211,9 +212,9 @@ class Supervisor:
             except ProcessLookupError:
                 pass
             try:
-                await asyncio.wait_for(proc.wait(), self.main.stop_timeout)
+                await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
-                log.warning("plugin_kill", plugin=name, reason=f"still running {self.main.stop_timeout:g} s after SIGTERM")
+                log.warning("plugin_kill", plugin=name, reason=f"still running {timeout:g} s after SIGTERM")
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -227,9 +228,10 @@ class Supervisor:
         pp.state = "stopped"
         log.info("plugin_stopped", plugin=name)
 
-    async def stop_all(self) -> None:
-        """Stop every plugin concurrently."""
-        await asyncio.gather(*(self.stop(name) for name in list(self.plugins)))
+    async def stop_all(self, plugin_type: str | None = None, timeout: float | None = None) -> None:
+        """Stop every plugin (of ``plugin_type``) concurrently."""
+        names = [n for n, p in self.plugins.items() if plugin_type in (None, p.config.type)]
+        await asyncio.gather(*(self.stop(name, timeout) for name in names))
 
     def status(self) -> list[dict[str, Any]]:
         """Return every plugin's state."""

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Bench collector (SDK ``Collector``): emits phases of events when told to, then idles.
+
+Options (from the plugin table): ``out`` (result directory) and ``phases``, an array of
+``{count, rate}`` tables (``rate = 0``: as fast as :class:`bus.client.Publisher` allows).
+
+``shim = true`` replaces :meth:`ControlClient.send`/``resend`` for this process only by versions that
+send through the asyncio socket instead of the synchronous shadow socket (see ``_shim_control_client``):
+a bench-side workaround for the stall described there. ``bench/run.py`` runs with and without it.
+
+``bench/run.py`` starts each phase with SIGUSR1. For each phase the collector writes
+``collector-<k>.json`` (first/last emit time, time everything was acknowledged) and
+``collector-<k>.ids`` (every event id emitted, one per line) once all events are acknowledged.
+Each event carries ``extensions = {phase, seq, n}`` and ``timestamp = time.time()`` at emit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import zmq
+
+from bus import protocol
+from bus.client import ControlClient
+from bus.plugin import Collector, run
+
+
+def _shim_control_client() -> None:
+    """Work around a stall of the stock ``ControlClient`` (bench only, never in ``bus/``).
+
+    ``ControlClient.send``/``resend`` write through a synchronous shadow of the DEALER while the reader task
+    is parked in ``await sock.recv_multipart()``. ZMQ_FD is edge-triggered: the synchronous send
+    processes the socket's pending commands, so the reply's edge is consumed and pyzmq's asyncio poller is
+    never told; replies sit in the socket (ZMQ_EVENTS == POLLIN|POLLOUT) while the Publisher resends its
+    whole window every ``ack_timeout`` forever. Sending through the asyncio socket lets pyzmq re-check
+    ZMQ_EVENTS after the send.
+    """
+    def send(self, msg):  # type: ignore[no-untyped-def]
+        self._ensure_reader()
+        rid = next(self._ids)
+        msg["id"] = rid
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        self.sock.send(protocol.packb(msg))
+        return rid, fut
+
+    def resend(self, rid, msg):  # type: ignore[no-untyped-def]
+        msg["id"] = rid
+        self.sock.send(protocol.packb(msg))
+
+    ControlClient.send = send  # type: ignore[method-assign]
+    ControlClient.resend = resend  # type: ignore[method-assign]
+
+
+def _write(path: Path, text: str) -> None:
+    """Write atomically: run.py polls for these files."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class BenchCollector(Collector):
+    async def run(self) -> None:
+        if self.options.get("shim"):
+            _shim_control_client()
+        out = Path(self.options["out"])
+        phases = self.options["phases"]
+        go = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, go.set)
+        loop.add_signal_handler(signal.SIGUSR2, self._dump_state)
+        _write(out / "collector.ready", str(os.getpid()))
+        event = self.event
+        emit = self.emit
+        for k, phase in enumerate(phases):
+            await go.wait()
+            go.clear()
+            n = int(phase["count"])
+            rate = float(phase.get("rate", 0))
+            ids: list[str] = []
+            add = ids.append
+            t_first = time.time()
+            if rate <= 0:
+                for i in range(n):
+                    ev = event("bench", "BENCH_RAW", "bench event", extensions={"phase": k, "seq": i, "n": n})
+                    add(ev["event_id"])
+                    await emit(ev)
+            else:
+                start = time.monotonic()
+                i = 0
+                while i < n:
+                    due = min(n, int((time.monotonic() - start) * rate) + 1)
+                    while i < due:
+                        ev = event("bench", "BENCH_RAW", "bench event", extensions={"phase": k, "seq": i, "n": n})
+                        add(ev["event_id"])
+                        await emit(ev)
+                        i += 1
+                    await asyncio.sleep(0.001)  # uvloop rounds timers to whole ms: 0.0005 would spin
+            t_last = time.time()
+            ok = await self._publisher.flush(120) if self._publisher else True
+            t_acked = time.time()
+            _write(out / f"collector-{k}.ids", "\n".join(ids) + "\n")
+            _write(out / f"collector-{k}.json", json.dumps({
+                "phase": k, "count": n, "rate": rate, "first_emit": t_first, "last_emit": t_last,
+                "acked_at": t_acked, "all_acked": ok,
+                "rejected": len(self._publisher.rejected) if self._publisher else 0}))
+        await asyncio.Event().wait()  # idle until busd stops us
+
+    def _dump_state(self) -> None:
+        """SIGUSR2: write the Publisher's state (used by run.py to describe a stall)."""
+        pub = self._publisher
+        state = {"acked": pub.acked, "inflight": len(pub.inflight), "buffered": len(pub.buffer),
+                 "pending": pub.pending(), "waiting_replies": len(self.control._waiting)} if pub else {}
+        if self._control is not None:
+            state["zmq_events"] = self._control._sync.getsockopt(zmq.EVENTS)
+        _write(Path(self.options["out"]) / "collector-state.json", json.dumps(state))
+
+
+if __name__ == "__main__":
+    run(BenchCollector)

@@ -1,0 +1,32 @@
+"""Test receiver: appends one JSON line per event it handles to the file in option ``out``."""
+
+import asyncio
+import json
+
+from bus.plugin import Receiver, run
+from tag import stall_once
+
+
+class Recorder(Receiver):
+    handled = 0
+
+    async def setup(self):
+        self.out = open(self.options["out"], "a", buffering=1)
+
+    async def handle(self, event):
+        delay = self.options.get("delay", 0)
+        if delay:
+            await asyncio.sleep(delay)
+        await stall_once(self, self.handled)
+        self.handled += 1
+        self.out.write(json.dumps({"id": event["event_id"], "type": event["event_type"],
+                                   "raw_id": event["extensions"].get("raw_id"),
+                                   "parser": event["extensions"].get("parser"), "source": event["source"],
+                                   "severity": event["severity"], "system": event["system"]}) + "\n")
+
+    async def teardown(self):
+        self.out.close()
+
+
+if __name__ == "__main__":
+    run(Recorder)
