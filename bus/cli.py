@@ -12,10 +12,11 @@ from typing import Annotated, Any
 import typer
 
 from bus import __version__, protocol
-from bus.config import Config, default_path, load
+from bus.config import Config, MainConfig, default_path, load, peek_main
 from bus.event import KINDS, Event, EventError, from_json, new_event, normalize, to_json
 from bus.exceptions import ConfigError, ControlError
 from bus.filter import Filter, FilterError
+from bus.log import configure
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="configuration file ($BUSD_CONFIG)",
                                         envvar="BUSD_CONFIG", show_envvar=False)]
@@ -43,11 +44,19 @@ def _load(config: str | None) -> Config:
         raise _fail(str(exc)) from None
 
 
+def _main(config: str | None) -> MainConfig:
+    """The ``[main]`` settings only: enough to reach a daemon even if a plugin table is broken."""
+    try:
+        return peek_main(config or default_path())
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _control_endpoint(config: str | None) -> str:
     """The control socket: ``$BUS_CONTROL`` inside a plugin, else from the configuration."""
     if config is None and os.environ.get("BUS_CONTROL"):
         return os.environ["BUS_CONTROL"]
-    return protocol.endpoint(_load(config).main.runtime_dir, protocol.CONTROL)
+    return protocol.endpoint(_main(config).runtime_dir, protocol.CONTROL)
 
 
 def _run(coro: Any) -> Any:
@@ -128,7 +137,7 @@ def tail_main(
                             "kind": kind})
     except FilterError as exc:
         raise _fail(str(exc).replace("filter.", "--").replace("_", "-")) from None
-    rd = _load(config).main.runtime_dir
+    rd = _main(config).runtime_dir
     kinds = tuple(k for k in KINDS if flt.wants_kind(k))
     color = not json_out and sys.stdout.isatty()
     try:
@@ -164,6 +173,7 @@ async def _tail(rd: str, flt: Filter, kinds: tuple[str, ...], json_out: bool, co
 
 def bus_tail() -> None:
     """Console script ``bus-tail``."""
+    configure("warning")  # diagnostics go to stderr; stdout carries only the output
     tail_app(prog_name="bus-tail")
 
 
@@ -194,8 +204,8 @@ def emit_main(
         hostname = os.environ.get("BUS_HOSTNAME") or os.uname().nodename
         endpoint = os.environ["BUS_CONTROL"]
     else:
-        cfg = _load(config)
-        hostname, endpoint = cfg.main.hostname, protocol.endpoint(cfg.main.runtime_dir, protocol.CONTROL)
+        main = _main(config)
+        hostname, endpoint = main.hostname, protocol.endpoint(main.runtime_dir, protocol.CONTROL)
     plugin = source or os.environ.get("BUS_PLUGIN") or "bus-emit"
     if system or event_type:
         if not (system and event_type):
@@ -259,6 +269,7 @@ async def _emit(endpoint: str, plugin: str, events: Any, timeout: float) -> tupl
 
 def bus_emit() -> None:
     """Console script ``bus-emit``."""
+    configure("warning")  # diagnostics go to stderr; stdout carries only the output
     emit_app(prog_name="bus-emit")
 
 
@@ -267,19 +278,25 @@ def bus_emit() -> None:
 ctl_app = typer.Typer(add_completion=True, no_args_is_help=True, help="Manage a running busd.")
 
 
-_ctl_config: dict[str, str | None] = {"config": None}
+_ctl_options: dict[str, Any] = {"config": None, "timeout": 10.0}
 
 
 @ctl_app.callback()
-def ctl_callback(config: ConfigOpt = None, version: VersionOpt = False) -> None:
+def ctl_callback(
+    config: ConfigOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", envvar="BUSCTL_TIMEOUT",
+                                           help="seconds to wait for busd's answer")] = 10.0,
+    version: VersionOpt = False,
+) -> None:
     """Manage a running busd over its control socket."""
-    _ctl_config["config"] = config
+    _ctl_options.update(config=config, timeout=timeout)
 
 
-def _ctl(config: str | None, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+def _ctl(config: str | None, msg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     from bus.client import request
 
-    config = config or _ctl_config["config"]
+    config = config or _ctl_options["config"]
+    timeout = max(timeout or 0, _ctl_options["timeout"])
     try:
         return dict(_run(request(_control_endpoint(config), msg, timeout)))
     except ControlError as exc:
@@ -339,5 +356,6 @@ def reload(config: ConfigOpt = None) -> None:
 
 def busctl() -> None:
     """Console script ``busctl``."""
+    configure("warning")  # diagnostics go to stderr; stdout carries only the output
     ctl_app(prog_name="busctl")
 

@@ -254,6 +254,22 @@ def load(path: str | os.PathLike[str]) -> Config:
     return Config(str(main_path), main, plugins, tuple(files), tuple(warnings))
 
 
+def peek_main(path: str | os.PathLike[str]) -> MainConfig:
+    """Return only the ``[main]`` settings of a configuration, without validating the plugins.
+
+    The command-line tools use this to find a running daemon even when the file on disk has
+    since been broken by an edit (the daemon keeps its old configuration until a good reload).
+
+    Raises:
+        ConfigError: the main file cannot be read or its ``[main]`` table is wrong.
+    """
+    main_path = Path(path).absolute()
+    merged = _Merged()
+    data = _read_toml(main_path)
+    merged.add(main_path, {"main": data.get("main", {})}, is_main=True)
+    return _build_main(merged)
+
+
 def _build_main(merged: _Merged) -> MainConfig:
     values: dict[str, Any] = {}
     for key, value in merged.main.items():
