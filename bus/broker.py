@@ -21,7 +21,8 @@ import zmq
 import zmq.asyncio
 
 from bus import protocol
-from bus.event import KINDS, Event, EventError, encode, normalize
+from bus.event import KINDS, encode, new_event_id, normalize
+from bus.exceptions import EventError
 from bus.filter import Filter
 from bus.log import get_logger
 from bus.protocol import MAX_FRAME, SEQ
@@ -191,6 +192,8 @@ class Broker:
         self._tasks: list[asyncio.Task[None]] = []
         self._input_peers: dict[bytes, str] = {}
         self.started = time.time()
+        # sequence numbers restart at 1 with each broker; the epoch tells subscribers which run
+        self.epoch = new_event_id()
 
     # -- sockets -------------------------------------------------------------------------------
 
@@ -213,7 +216,7 @@ class Broker:
         self.control = self._socket(zmq.ROUTER, protocol.CONTROL)
         self.input = self._socket(zmq.ROUTER, protocol.INPUT)
         self.input.setsockopt(zmq.SNDHWM, 0)
-        self._pub_sync = zmq.Socket.shadow(self.pub.underlying)
+        self._pub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.pub.underlying)
         self._tasks = [
             asyncio.create_task(self._serve(self.control, self._on_control), name="control"),
             asyncio.create_task(self._serve(self.input, self._on_input), name="input"),
@@ -234,7 +237,7 @@ class Broker:
 
     async def _serve(self, sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], Awaitable[None] | None]) -> None:
         """Await one message, then drain what is queued without awaiting, then flush once."""
-        shadow = zmq.Socket.shadow(sock.underlying)
+        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         while True:
             frames = await sock.recv_multipart(copy=True)
             n = 0
@@ -328,9 +331,13 @@ class Broker:
         return handle
 
     def _malformed(self, sender: str, reason: str) -> None:
-        self.malformed[sender] += 1
-        self._counters(sender).drop("malformed", error=reason)
-        log.warning("malformed_frame", sender=sender, reason=reason, count=self.malformed[sender])
+        # unknown connections (``control:<id>``) are counted per socket, not per connection,
+        # so that a client reconnecting in a loop cannot grow the table
+        key = sender if sender in self.counters else sender.split(":", 1)[0]
+        self.malformed[key] += 1
+        if sender in self.counters:
+            self.counters[sender].drop("malformed", error=reason)
+        log.warning("malformed_frame", sender=sender, reason=reason, count=self.malformed[key])
 
     def ingest_frame(self, source: str, frame: bytes) -> tuple[int, list[tuple[int, str]]]:
         """Decode a frame holding one event or an array of events from ``source`` and ingest it."""
@@ -452,15 +459,13 @@ class Broker:
             if link is None:
                 self._malformed(sender, "ack before hello")
                 return
-            events = msg.get("events")
+            events, upto = msg.get("events") or [], msg.get("upto")
+            if not isinstance(events, list) or not isinstance(upto, int) or isinstance(upto, bool):
+                self._malformed(sender, "an ack needs 'upto' (integer) and 'events' (array)")
+                return
             if events:
-                if not isinstance(events, list):
-                    self._malformed(sender, "'events' must be an array")
-                    return
                 self.ingest(link.name, events)
-            upto = msg.get("upto")
-            if isinstance(upto, int):
-                link.ack(upto)
+            link.ack(upto)
         else:
             self._malformed(sender, f"unknown op {op!r}")
 
@@ -520,11 +525,11 @@ class Broker:
         head = self.head()
         state = self.receivers.get(name) if isinstance(name, str) else None
         if state is None:
-            return {"ok": True, "head": head, "resume": {k: s + 1 for k, s in head.items()}}
+            return {"ok": True, "head": head, "resume": {k: s + 1 for k, s in head.items()}, "epoch": self.epoch}
         state.last_seen = time.time()
         resume = {k: state.acked[k] + 1 if k in state.acked else state.start[k] for k in head}
         log.info("receiver_connected", plugin=name, resume=resume, head=head)
-        return {"ok": True, "head": head, "resume": resume}
+        return {"ok": True, "head": head, "resume": resume, "epoch": self.epoch}
 
     def _op_progress(self, msg: dict[str, Any]) -> dict[str, Any]:
         name = msg.get("plugin")
@@ -539,16 +544,16 @@ class Broker:
             stats = msg.get("stats")
             if isinstance(stats, dict):
                 state.stats = stats
-        return {"ok": True, "head": self.head()}
+        return {"ok": True, "head": self.head(), "epoch": self.epoch}
 
     def _op_replay(self, msg: dict[str, Any]) -> dict[str, Any] | bytes:
         kind, start, end = msg.get("kind"), msg.get("from"), msg.get("to")
         stream = self.streams.get(kind) if isinstance(kind, str) else None
-        if stream is None or not isinstance(start, int) or not isinstance(end, int) or start < 1:
-            return {"ok": False, "error": "replay needs 'kind' (raw|synthetic), 'from' >= 1 and 'to'"}
+        if stream is None or not isinstance(start, int) or not isinstance(end, int) or not 1 <= start <= end:
+            return {"ok": False, "error": "replay needs 'kind' (raw|synthetic) and 1 <= 'from' <= 'to'"}
         events, first, gap = stream.replay(start, end)
         header: dict[str, Any] = {"ok": True, "kind": kind, "first": first, "gap": list(gap) if gap else None,
-                                  "head": stream.seq}
+                                  "head": stream.seq, "epoch": self.epoch}
         if "id" in msg:
             header["id"] = msg["id"]
         return protocol.pack_with_events(header, events)

@@ -13,8 +13,8 @@ import typer
 
 from bus import __version__, protocol
 from bus.config import Config, MainConfig, default_path, load, peek_main
-from bus.event import KINDS, Event, EventError, from_json, new_event, normalize, to_json
-from bus.exceptions import ConfigError, ControlError
+from bus.event import KINDS, Event, from_json, new_event, normalize, to_json
+from bus.exceptions import ConfigError, ControlError, EventError
 from bus.filter import Filter, FilterError
 from bus.log import configure
 
@@ -125,7 +125,7 @@ def tail_main(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     system: Annotated[list[str] | None, typer.Option("--system", help="only this system (repeatable)")] = None,
     severity: Annotated[str, typer.Option("--severity", help="minimum severity: info, warn or error")] = "info",
-    event_type: Annotated[list[str] | None, typer.Option("--event-type", help="only this type; may end in * (repeatable)")] = None,
+    event_type: Annotated[list[str] | None, typer.Option("--event-type", help="only this type, may end in *")] = None,
     kind: Annotated[str, typer.Option("--kind", help="raw, synthetic or all")] = "synthetic",
     count: Annotated[int, typer.Option("--count", help="exit after this many events (0: never)")] = 0,
     last: Annotated[int, typer.Option("--last", help="first print up to this many events still in the replay buffer")] = 0,
@@ -194,6 +194,7 @@ def emit_main(
     kind: Annotated[str, typer.Option("--kind", help="raw or synthetic")] = "raw",
     source: Annotated[str | None, typer.Option("--source", help="producer name (default: $BUS_PLUGIN or bus-emit)")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="give up after this many seconds without busd (0: never)")] = 0,
+    lines: Annotated[bool, typer.Option("--lines", help="one event per stdin line (its msg)")] = False,
     version: VersionOpt = False,
 ) -> None:
     """Read JSON Lines events on stdin (or build one from the options) and push them into the bus.
@@ -207,11 +208,18 @@ def emit_main(
         main = _main(config)
         hostname, endpoint = main.hostname, protocol.endpoint(main.runtime_dir, protocol.CONTROL)
     plugin = source or os.environ.get("BUS_PLUGIN") or "bus-emit"
-    if system or event_type:
-        if not (system and event_type):
-            raise _fail("--system and --event-type go together")
+    events: Any
+    if (system or event_type) and not (system and event_type):
+        raise _fail("--system and --event-type go together")
+    if lines:
+        if not system:
+            raise _fail("--lines needs --system and --event-type")
+        events = (new_event(system, event_type or "", line.rstrip("\n"), severity=severity, kind=kind,
+                            dev_name=dev_name, dev_wwid=dev_wwid, hostname=hostname)
+                  for line in sys.stdin if line.strip())
+    elif system and event_type:
         try:
-            events: Any = [new_event(system, event_type, msg, severity=severity, kind=kind, dev_name=dev_name,
+            events = [new_event(system, event_type, msg, severity=severity, kind=kind, dev_name=dev_name,
                                      dev_wwid=dev_wwid, hostname=hostname)]
         except EventError as exc:
             raise _fail(f"--{exc.key.replace('_', '-')}: {exc.reason}") from None
@@ -239,6 +247,9 @@ def _stdin_events(hostname: str, kind: str) -> Any:
             yield None
 
 
+_END: Any = object()
+
+
 async def _emit(endpoint: str, plugin: str, events: Any, timeout: float) -> tuple[bool, int]:
     from bus.client import ControlClient, Publisher
 
@@ -250,8 +261,8 @@ async def _emit(endpoint: str, plugin: str, events: Any, timeout: float) -> tupl
     try:
         while True:
             # stdin is read in a thread so a slow producer never blocks acknowledgements
-            event = await loop.run_in_executor(None, next, it, StopIteration)
-            if event is StopIteration:
+            event = await loop.run_in_executor(None, next, it, _END)
+            if event is _END:
                 break
             if event is None:
                 bad += 1
@@ -259,7 +270,7 @@ async def _emit(endpoint: str, plugin: str, events: Any, timeout: float) -> tupl
             await pub.emit(event)
         ok = await pub.flush(timeout or None)
         bad += len(pub.rejected)
-        for index, reason in pub.rejected:
+        for _index, reason in pub.rejected:
             typer.secho(f"error: event refused by busd: {reason}", err=True, fg=typer.colors.RED)
         return ok, bad
     finally:

@@ -6,12 +6,14 @@ These are the building blocks of the plugin SDK and of ``bus-emit``, ``bus-tail`
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -22,7 +24,7 @@ from bus.exceptions import ControlError
 from bus.log import get_logger
 from bus.protocol import SEQ
 
-__all__ = ["ControlClient", "Publisher", "Subscriber", "Delivery", "request"]
+__all__ = ["ControlClient", "Delivery", "Publisher", "Subscriber", "request"]
 
 log = get_logger("client")
 
@@ -92,7 +94,8 @@ class ControlClient:
         # Sent through the asyncio socket, never a sync shadow: ZeroMQ's file descriptor is
         # edge-triggered, and a send behind zmq.asyncio's back can swallow the wake-up of the
         # reader task waiting for replies on this same socket.
-        self.sock.send(protocol.packb(msg)).add_done_callback(_log_send_error)
+        sent = cast("asyncio.Future[Any]", self.sock.send(protocol.packb(msg)))
+        sent.add_done_callback(_log_send_error)
 
     def forget(self, rid: int) -> None:
         """Stop waiting for request ``rid``."""
@@ -190,7 +193,7 @@ class Publisher:
         msg = {"op": "publish", "plugin": self.plugin, "events": events}
         rid, fut = self.client.send(msg)
         self.inflight[rid] = (msg, fut, time.monotonic())
-        fut.add_done_callback(lambda f, rid=rid: self._on_ack(rid, f))
+        fut.add_done_callback(functools.partial(self._on_ack, rid))
         if len(self.inflight) >= self.window:
             self._space.clear()
 
@@ -209,10 +212,8 @@ class Publisher:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.ack_timeout / 4)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await asyncio.sleep(0)  # let a burst of emit() calls fill the batch
             while self.buffer and len(self.inflight) < self.window:
@@ -287,9 +288,10 @@ class Subscriber:
             self.sub.setsockopt(zmq.SUBSCRIBE, f"{kind}.".encode())
         self.sub.connect(events_endpoint)
         self.next: dict[str, int] = {}
+        self.epoch: str | None = None
         self.head: dict[str, int] = {}
         self.done_seq: dict[str, int] = {}
-        self.stats = {"received": 0, "handled": 0, "replayed": 0, "lost": 0, "gaps": 0, "failed": 0,
+        self.stats: dict[str, Any] = {"received": 0, "handled": 0, "replayed": 0, "lost": 0, "gaps": 0, "failed": 0,
                       "kinds": list(kinds)}
         self._last_progress = 0.0
 
@@ -297,6 +299,7 @@ class Subscriber:
         """Say hello and learn where to start."""
         reply = await self.control.request({"op": "hello", "plugin": self.plugin, "kinds": list(self.kinds)})
         self.head = reply["head"]
+        self.epoch = reply.get("epoch")
         for kind in self.kinds:
             start = reply["resume"][kind]
             if self.plugin is None:
@@ -344,6 +347,10 @@ class Subscriber:
             reply = await self.control.request({"op": "progress", "plugin": self.plugin,
                                                 "acked": dict(self.done_seq), "stats": self.stats}, timeout=2)
             self.head = reply["head"]
+            if reply.get("epoch") != self.epoch:
+                log.warning("busd_restarted", plugin=self.plugin, reason="sequence numbers start over")
+                self.epoch = reply.get("epoch")
+                self.next = dict.fromkeys(self.kinds, 1)
         except Exception as exc:
             log.debug("progress_failed", error=str(exc))
 
@@ -356,7 +363,7 @@ class Subscriber:
                 if d.seq >= self.next[kind]:
                     self.next[kind] = d.seq + 1
                     yield d
-        shadow = zmq.Socket.shadow(self.sub.underlying)
+        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(self.sub.underlying)
         while True:
             batch: list[list[bytes]] = []
             try:

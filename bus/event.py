@@ -193,7 +193,8 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 def encode(event: Event) -> bytes:
     """Encode one event as a msgpack map."""
-    return _packer.pack(event)
+    data: bytes = _packer.pack(event)
+    return data
 
 
 def decode(data: bytes) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure", "get_logger", "LEVELS"]
+__all__ = ["LEVELS", "configure", "get_logger"]
 
 LEVELS = ("debug", "info", "warning", "error")
 

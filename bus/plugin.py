@@ -115,9 +115,8 @@ class Plugin:
 
     async def close(self) -> None:
         """Flush what is not acknowledged yet (up to 1 s) and close sockets."""
-        if self._publisher is not None:
-            if not await self._publisher.close(1.0):
-                self.log.warning("unacknowledged_at_exit", events=self._publisher.pending())
+        if self._publisher is not None and not await self._publisher.close(1.0):
+            self.log.warning("unacknowledged_at_exit", events=self._publisher.pending())
         if self._control is not None:
             self._control.close()
 

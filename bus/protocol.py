@@ -86,7 +86,8 @@ def pack_with_events(header: dict[str, Any], events: Sequence[bytes]) -> bytes:
 
 def packb(obj: Any) -> bytes:
     """Encode a control message."""
-    return msgpack.packb(obj, use_bin_type=True)
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
 
 
 def unpackb(data: bytes) -> Any:

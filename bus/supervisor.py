@@ -9,6 +9,7 @@ it said it had finished. ``stopped`` is what busd asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -30,10 +31,8 @@ _LINE_LIMIT = 1024 * 1024
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
+    with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:
-        pass
 
 
 @dataclass
@@ -207,18 +206,14 @@ class Supervisor:
         pp.stopping.set()
         proc = pp.proc
         if proc is not None and proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
                 log.warning("plugin_kill", plugin=name, reason=f"still running {timeout:g} s after SIGTERM")
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 await proc.wait()
         if pp.task is not None:
             try:

@@ -10,7 +10,6 @@ import time
 
 import msgpack
 import zmq
-
 from conftest import BIN, Bus, ev, plugin_cmd, wait_for
 
 

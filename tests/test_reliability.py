@@ -151,3 +151,20 @@ def test_restarted_receiver_beyond_buffer_gets_gap_event(bus: Bus) -> None:
     records = _records(out)
     assert records[1]["type"] == "BUS_EVENTS_LOST" and records[1]["severity"] == "warn"
     assert bus.plugin("rec")["dropped"]["lost"] == 150
+
+
+def test_bus_tail_follows_busd_across_a_restart(bus: Bus) -> None:
+    """bus-tail outliving busd notices the new run (sequence numbers start over) and misses nothing."""
+    bus.write({})
+    bus.start()
+    bus.emit([ev("t", "BEFORE", kind="synthetic")])
+    tail = subprocess.Popen([str(BIN / "bus-tail"), "--config", str(bus.config), "--json", "--last", "1", "--count", "2"],
+                            stdout=subprocess.PIPE, text=True)
+    assert tail.stdout is not None
+    assert json.loads(tail.stdout.readline())["event_type"] == "BEFORE"
+    rc, _ = bus.stop()
+    assert rc == 0
+    bus.start()
+    bus.emit([ev("t", "AFTER", kind="synthetic")])
+    assert json.loads(tail.stdout.readline())["event_type"] == "AFTER"
+    assert tail.wait(timeout=30) == 0

@@ -3,8 +3,9 @@
 import asyncio
 import json
 
-from bus.plugin import Receiver, run
 from tag import stall_once
+
+from bus.plugin import Receiver, run
 
 
 class Recorder(Receiver):

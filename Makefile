@@ -1,0 +1,45 @@
+# busd — two set-up commands: `make demo` and `make test` (see README.md).
+PY      ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the test suite builds against: the C example plugin (libzmq, msgpack-c).
+APT_PACKAGES = build-essential pkg-config libzmq3-dev libmsgpack-dev
+DEMO_CONFIG  = conf/demo/busd.toml
+
+.PHONY: venv system-deps demo test lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+system-deps:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES) >/dev/null; }
+
+# Runs busd on the demo configuration (a recorded storage incident replayed in a loop) and
+# streams the synthetic events it produces with bus-tail; Ctrl-C stops both.
+demo: venv
+	@mkdir -p .run
+	@$(BIN)/busd --config $(DEMO_CONFIG) 2>.run/demo-busd.log & busd_pid=$$!; \
+	  trap 'kill -TERM $$busd_pid 2>/dev/null; wait $$busd_pid' EXIT INT TERM; \
+	  echo "busd started (pid $$busd_pid, log .run/demo-busd.log); streaming events, Ctrl-C to stop"; \
+	  sleep 1; $(BIN)/bus-tail --config $(DEMO_CONFIG) $(if $(DEMO_COUNT),--count $(DEMO_COUNT))
+
+lint: venv
+	$(BIN)/ruff check bus collectors parsers receivers tests bench
+	$(BIN)/mypy
+
+test: venv system-deps lint
+	$(BIN)/pytest
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

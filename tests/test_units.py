@@ -1,0 +1,174 @@
+"""Unit tests of the pure pieces: event validation and codecs, filters, configuration loading."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from bus import protocol
+from bus.config import load, peek_main
+from bus.event import decode_many, encode, from_json, new_event, normalize, to_json
+from bus.exceptions import ConfigError, EventError
+from bus.filter import Filter, FilterError
+from bus.plugin import derive_id
+
+
+class TestEvent:
+    def test_new_event_has_every_schema_key(self) -> None:
+        """new_event fills all thirteen keys of schema version 1 with the right types."""
+        e = new_event("scsi", "SCSI_MEDIUM_ERROR", "bad", severity="error", hostname="h", dev_name="sdc")
+        assert set(e) == {"v", "event_id", "timestamp", "hostname", "severity", "system", "kind", "event_type",
+                          "dev_wwid", "dev_name", "msg", "source", "extensions"}
+        assert e["v"] == 1 and len(e["event_id"]) == 36 and e["event_id"][14] == "4"
+        assert isinstance(e["timestamp"], float) and e["kind"] == "raw"
+
+    def test_normalize_fills_defaults_and_keeps_unknown_keys(self) -> None:
+        """Missing keys get defaults, an int timestamp becomes float, unknown keys survive."""
+        e = normalize({"system": "md", "event_type": "X", "timestamp": 5, "custom": [1]}, hostname="n1")
+        assert e["hostname"] == "n1" and e["severity"] == "info" and e["timestamp"] == 5.0
+        assert e["custom"] == [1] and e["extensions"] == {} and e["dev_wwid"] == ""
+
+    @pytest.mark.parametrize(("event", "message"), [
+        ({"event_type": "X"}, "system: is missing"),
+        ({"system": "s"}, "event_type: is missing"),
+        ({"system": "s", "event_type": "X", "severity": "fatal"}, "severity: 'fatal' is not one of info, warn, error"),
+        ({"system": "s", "event_type": "X", "v": 2}, "v: schema version 2 is not supported"),
+        ({"system": "s", "event_type": "X", "timestamp": "now"}, "timestamp: must be seconds since the epoch"),
+        ({"system": "s", "event_type": "X", "kind": "cooked"}, "kind: 'cooked' is not one of raw, synthetic"),
+        ({"system": "s", "event_type": "X", "extensions": []}, "extensions: must be a map"),
+        ({"system": "s", "event_type": "X", "extensions": {"a": b"x"}}, "extensions.a: type bytes is not allowed"),
+        ({"system": "", "event_type": "X"}, "system: must be a non-empty word"),
+        ({"system": "s", "event_type": "X", "dev_name": 3}, "dev_name: must be a string"),
+        ([1], "event: must be a map"),
+    ])
+    def test_validation_names_the_key(self, event: object, message: str) -> None:
+        """Every validation error names the offending key and why."""
+        with pytest.raises(EventError, match=message.replace("(", r"\(")):
+            normalize(event, hostname="h")
+
+    def test_msgpack_and_json_round_trip(self) -> None:
+        """An event survives msgpack and JSON Lines unchanged; a batch decodes as a list."""
+        e = new_event("drbd", "DRBD_ROLE_CHANGED", "é", extensions={"old": {"role": "Secondary"}, "n": 1.5})
+        assert decode_many(encode(e)) == [e]
+        assert decode_many(protocol.pack_array([encode(e), encode(e)])) == [e, e]
+        assert from_json(to_json(e)) == e
+        with pytest.raises(EventError, match="line 3: not valid JSON"):
+            from_json("{", where="line 3")
+
+    def test_pack_with_events_is_plain_msgpack(self) -> None:
+        """The broker's spliced frames decode with any msgpack library."""
+        items = [encode({"n": i}) for i in range(20)]
+        assert msgpack.unpackb(protocol.pack_with_events({"op": "events", "upto": 7}, items)) == {
+            "op": "events", "upto": 7, "events": [{"n": i} for i in range(20)]}
+        big = [encode(i) for i in range(70000)]
+        assert msgpack.unpackb(protocol.pack_array(big)) == list(range(70000))
+
+    def test_derived_ids_are_stable_and_distinct(self) -> None:
+        """A parser's output id depends on input, plugin and index only."""
+        assert derive_id("a", "p", 0) == derive_id("a", "p", 0)
+        assert len({derive_id("a", "p", 0), derive_id("a", "p", 1), derive_id("a", "q", 0)}) == 3
+
+
+class TestFilter:
+    def test_keys_are_anded_lists_ored(self) -> None:
+        """system AND severity; a list ORs; event_type may end in *."""
+        f = Filter.parse({"system": ["scsi", "block"], "severity": "warn", "event_type": ["SCSI_*", "BLK_IO_ERROR"]})
+        assert f.match_fields("raw", "scsi", "error", "SCSI_MEDIUM_ERROR")
+        assert f.match_fields("raw", "block", "warn", "BLK_IO_ERROR")
+        assert not f.match_fields("raw", "block", "info", "BLK_IO_ERROR")
+        assert not f.match_fields("raw", "md", "error", "SCSI_X")
+        assert not f.match_fields("raw", "block", "error", "BLK_OTHER")
+
+    def test_kind_defaults_and_all(self) -> None:
+        """A default kind applies when the spec has none; 'all' matches both kinds."""
+        assert not Filter.parse({}, default_kinds=("raw",)).match_fields("synthetic", "s", "info", "X")
+        assert Filter.parse({"kind": "all"}, default_kinds=("raw",)).match_fields("synthetic", "s", "info", "X")
+
+    @pytest.mark.parametrize(("spec", "message"), [
+        ({"sytem": "x"}, "filter.sytem: unknown key"),
+        ({"kind": "cooked"}, "filter.kind: 'cooked'"),
+        ({"severity": "fatal"}, "filter.severity: 'fatal'"),
+        ({"system": []}, "filter.system: must be a non-empty"),
+        ({"event_type": [1]}, "filter.event_type: must be"),
+    ])
+    def test_bad_filters(self, spec: dict[str, object], message: str) -> None:
+        """A bad filter is refused, naming the key."""
+        with pytest.raises(FilterError, match=message):
+            Filter.parse(spec)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+class TestConfig:
+    def test_includes_merge_in_lexical_order(self, tmp_path: Path) -> None:
+        """Snippets are read in lexical order; a later one overrides keys of an earlier plugin table."""
+        (tmp_path / "conf.d").mkdir()
+        main = _write(tmp_path / "busd.toml", """
+            [main]
+            runtime_dir = "/tmp/x"
+            include = ["conf.d/*.toml", "missing/*.toml"]
+        """)
+        _write(tmp_path / "conf.d" / "20-b.toml", '[plugins.dbg]\nformat = "json"\n')
+        _write(tmp_path / "conf.d" / "10-a.toml", '[plugins.dbg]\ntype = "receiver"\nbuiltin = "debugger"\n')
+        cfg = load(main)
+        assert cfg.plugins["dbg"].table == {"type": "receiver", "builtin": "debugger", "format": "json"}
+        assert cfg.plugins["dbg"].file.endswith("20-b.toml")
+        assert [Path(f).name for f in cfg.files] == ["busd.toml", "10-a.toml", "20-b.toml"]
+        assert any("matches no file" in w for w in cfg.warnings)
+
+    @pytest.mark.parametrize(("text", "message"), [
+        ('[main]\nlog_level = "loud"', "main.log_level: 'loud' is not one of debug, info, warning, error"),
+        ("[main]\nreplay_buffer = -1", "main.replay_buffer: must be positive"),
+        ('[main]\nreplay_buffer = "big"', "main.replay_buffer: must be an integer, not a string"),
+        ("[mian]\n", "mian: unknown top-level key"),
+        ("[plugins.x]\nbuiltin = 'debugger'", "plugins.x.type: is missing"),
+        ("[plugins.x]\ntype = 'reciever'\nexec = ['a']", "plugins.x.type: 'reciever' is not one of"),
+        ("[plugins.x]\ntype = 'receiver'", "plugins.x: needs exactly one of 'builtin'"),
+        ("[plugins.x]\ntype = 'receiver'\nbuiltin = 'nope'", "plugins.x.builtin: no built-in receiver 'nope'"),
+        ("[plugins.x]\ntype = 'receiver'\nbuiltin = 'debugger'\nformt = 'json'", "plugins.x.formt: unknown key for"),
+        ("[plugins.x]\ntype = 'receiver'\nbuiltin = 'debugger'\nformat = 1", "plugins.x.format: must be a string"),
+        ("[plugins.x]\ntype = 'collector'\nexec = ['a']\nfilter = {system = 'a'}", "plugins.x.filter: collectors take"),
+        ("[plugins.x]\ntype = 'parser'\nexec = []", "plugins.x.exec: must be a non-empty array"),
+        ("[plugins.x]\ntype = 'parser'\nbuiltin = 'pattern'", "plugins.x.rules: is required"),
+        ("[plugins.x]\ntype = 'parser'\nbuiltin = 'pattern'\nrules = [{match = '(', event_type = 'A'}]",
+         "plugins.x.rules[0].match: not a valid regular expression"),
+        ("[plugins.'a b']\ntype = 'parser'\nexec = ['a']", "plugins.a b: plugin names are"),
+        ("[main\n", "not valid TOML"),
+    ])
+    def test_errors_name_file_key_and_reason(self, tmp_path: Path, text: str, message: str) -> None:
+        """Each kind of mistake is refused with the file, the dotted key and the reason."""
+        path = _write(tmp_path / "busd.toml", text)
+        with pytest.raises(ConfigError) as info:
+            load(path)
+        assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+
+    def test_error_in_snippet_names_the_snippet(self, tmp_path: Path) -> None:
+        """A mistake in an included snippet is reported against that snippet."""
+        main = _write(tmp_path / "busd.toml", '[main]\ninclude = ["*.snippet.toml"]\n')
+        snippet = _write(tmp_path / "x.snippet.toml", "[plugins.x]\ntype = 'parser'\nexec = ['a']\nfilter = {kind = 'x'}\n")
+        with pytest.raises(ConfigError, match=f"^{snippet}: plugins.x.filter.kind"):
+            load(main)
+
+    def test_runtime_dir_too_long_for_ipc(self, tmp_path: Path) -> None:
+        """A runtime_dir too long for ipc:// paths is refused up front, not at bind time."""
+        path = _write(tmp_path / "busd.toml", f'[main]\nruntime_dir = "/{"x" * 100}"\n')
+        with pytest.raises(ConfigError, match="too long for ipc"):
+            load(path)
+
+    def test_peek_main_ignores_broken_plugins(self, tmp_path: Path) -> None:
+        """The CLI's view of [main] works while a plugin table is broken."""
+        path = _write(tmp_path / "busd.toml", '[main]\nruntime_dir = "/tmp/r"\n[plugins.x]\ntype = 1\n')
+        assert peek_main(path).runtime_dir == "/tmp/r"
+
+    def test_shipped_configs_are_valid(self) -> None:
+        """The example and demo configurations in conf/ load without error."""
+        root = Path(__file__).resolve().parent.parent
+        for name in ("conf/busd.toml", "conf/demo/busd.toml"):
+            cfg = load(root / name)
+            assert cfg.plugins, name
