@@ -210,7 +210,10 @@ class Broker:
 
     async def start(self) -> None:
         """Bind the shared sockets and start serving them."""
-        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        self.runtime_dir.chmod(0o750)
+        (self.runtime_dir / "ingest").mkdir(exist_ok=True)
+        (self.runtime_dir / "ingest").chmod(0o750)
         self.pub = self._socket(zmq.PUB, protocol.EVENTS)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.control = self._socket(zmq.ROUTER, protocol.CONTROL)

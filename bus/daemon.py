@@ -112,8 +112,9 @@ class Daemon:
                 return {"ok": False, "error": f"reload refused, old configuration kept: {exc}"}
             old = self.config
             main_changed = old.main != new.main
-            changed = [n for n, p in new.plugins.items()
-                       if n in old.plugins and (_differs(old.plugins[n], p) or main_changed)]
+            # a failed plugin is retried on every reload: the operator may have fixed what it needed
+            changed = [n for n, p in new.plugins.items() if n in old.plugins and (
+                _differs(old.plugins[n], p) or main_changed or self._state(n) == "failed")]
             removed = [n for n in old.plugins if n not in new.plugins]
             added = [n for n in new.plugins if n not in old.plugins]
             await asyncio.gather(*(self.supervisor.stop(n) for n in (*removed, *changed)))
@@ -133,6 +134,10 @@ class Daemon:
                      kept=len(new.plugins) - len(added) - len(changed))
             sdnotify.notify("READY=1", f"STATUS=serving {len(new.plugins)} plugins")
             return {"ok": True, "added": added, "removed": removed, "restarted": changed}
+
+    def _state(self, name: str) -> str:
+        pp = self.supervisor.plugins.get(name)
+        return pp.state if pp is not None else ""
 
     # -- control operations --------------------------------------------------------------------
 

@@ -29,6 +29,23 @@ def test_plugin_crashing_on_start_is_marked_failed_and_bus_keeps_running(bus: Bu
     assert any(r.get("event") == "plugin_failed" and r.get("plugin") == "broken" for r in records)
     text = bus.run("busctl", "status").stdout
     assert "broken" in text and "failed" in text and "exit status 3" in text
+    bus.run("busctl", "reload")
+    wait_for(lambda: sum(r.get("event") == "plugin_failed" for r in bus.log_records()) == 2,
+             what="failed plugin retried by reload, and failed again")
+    assert bus.plugin("broken")["state"] == "failed"
+
+
+def test_sockets_are_not_world_accessible(bus: Bus) -> None:
+    """The runtime directory is 0750 and every socket 0660, whatever the umask."""
+    bus.write({"c": {"type": "collector", "exec": ["sleep", "1000"]}})
+    old = os.umask(0)
+    try:
+        bus.start()
+    finally:
+        os.umask(old)
+    assert bus.runtime_dir.stat().st_mode & 0o777 == 0o750
+    socks = [*bus.runtime_dir.glob("*.sock"), *bus.runtime_dir.glob("ingest/*.sock")]
+    assert len(socks) == 4 and all(s.stat().st_mode & 0o777 == 0o660 for s in socks)
 
 
 def test_plugin_log_lines_are_merged_into_busd_log_with_plugin_name(bus: Bus) -> None:
