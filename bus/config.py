@@ -243,7 +243,7 @@ def load(path: str | os.PathLike[str]) -> Config:
             snippet_path = Path(snippet)
             merged.add(snippet_path, _read_toml(snippet_path), is_main=False)
             files.append(snippet)
-    main = _build_main(merged)
+    main = _build_main(merged, main_path.parent)
     plugins = {name: _build_plugin(name, table, merged.plugin_origin[name])
                for name, table in merged.plugins.items()}
     longest = max((len(n) for n in plugins), default=0)
@@ -267,10 +267,10 @@ def peek_main(path: str | os.PathLike[str]) -> MainConfig:
     merged = _Merged()
     data = _read_toml(main_path)
     merged.add(main_path, {"main": data.get("main", {})}, is_main=True)
-    return _build_main(merged)
+    return _build_main(merged, main_path.parent)
 
 
-def _build_main(merged: _Merged) -> MainConfig:
+def _build_main(merged: _Merged, base: Path) -> MainConfig:
     values: dict[str, Any] = {}
     for key, value in merged.main.items():
         file = merged.main_origin[key]
@@ -284,7 +284,8 @@ def _build_main(merged: _Merged) -> MainConfig:
             raise ConfigError(file, f"main.{key}", f"must be positive, got {value}")
         if key != "include":
             values[key] = float(value) if opt.type is float else value
-    values["runtime_dir"] = os.path.abspath(values.get("runtime_dir") or default_runtime_dir())
+    # a relative runtime_dir is relative to the main file, like include globs
+    values["runtime_dir"] = os.path.normpath(base / (values.get("runtime_dir") or default_runtime_dir()))
     values.setdefault("hostname", socket.gethostname())
     if not values["hostname"]:
         raise ConfigError(merged.main_origin.get("hostname", ""), "main.hostname", "must not be empty")

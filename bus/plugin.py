@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import zmq
@@ -90,6 +91,10 @@ class Plugin:
         if self._control is None:
             self._control = ControlClient(self.env["BUS_CONTROL"], self.ctx)
         return self._control
+
+    def path(self, value: str) -> Path:
+        """Resolve a path option: relative paths are relative to the file that configures the plugin."""
+        return Path(self.env.get("BUS_CONFIG_DIR", ".")) / value
 
     def event(self, system: str, event_type: str, msg: str = "", **fields: Any) -> Event:
         """Build an event from this plugin (``kind`` raw for collectors, synthetic otherwise)."""

@@ -102,6 +102,7 @@ class Supervisor:
             "BUS_CONTROL": protocol.endpoint(rd, protocol.CONTROL),
             "BUS_LOG_LEVEL": self.main.log_level,
             "BUS_RUNTIME_DIR": rd,
+            "BUS_CONFIG_DIR": os.path.dirname(pconf.file),
         })
         if pconf.type in ("collector", "parser"):
             env["BUS_INGEST"] = protocol.ingest_endpoint(rd, pconf.name)

@@ -8,14 +8,13 @@ Used by ``make demo`` and by tests; after the file, it waits (or starts over wit
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from bus.config import Option
 from bus.event import EventError, from_json
 from bus.plugin import Collector, run
 
 OPTIONS = {
-    "path": Option(str, Option.REQUIRED, "file to replay (relative paths: to busd's working directory)"),
+    "path": Option(str, Option.REQUIRED, "file to replay (a relative path is relative to the configuration file)"),
     "format": Option(str, "lines", "lines (plain text) or jsonl (one event per line)", ("lines", "jsonl")),
     "interval": Option(float, 0.2, "seconds between two lines"),
     "start_delay": Option(float, 0.0, "seconds to wait before the first line"),
@@ -31,7 +30,7 @@ class Replay(Collector):
     async def run(self) -> None:
         """Replay the file, then idle (or loop)."""
         opts = self.options
-        path = Path(opts["path"])
+        path = self.path(opts["path"])
         await asyncio.sleep(opts["start_delay"])
         while True:
             with path.open(encoding="utf-8", errors="backslashreplace") as f:
