@@ -16,13 +16,15 @@ What runs:
 
 busd runs:
 
-* **A, stock SDK**: idle (CPU, RSS), 1k events/s and 5k events/s paced phases (latency, CPU), then the
-  full-speed phase. A full-speed phase that stops making progress is reported as stalled, with the
-  collector's Publisher state.
-* **B, bench-side shim** (``shim = true`` in the collector, see ``bench/plugins/collector.py``): the same
-  full-speed phase with ``ControlClient.send`` going through the asyncio socket (the workaround for the
-  stall), then idle after load (CPU, RSS with full replay rings). Only this run's numbers depend on the
-  shim, and they are labelled so.
+* **A, stock SDK**: idle (CPU, RSS), 1k and 5k events/s paced phases (latency, split in its
+  collector -> parser and parser -> receiver halves; CPU), then two full-speed phases: N=50 000 (fits in
+  busd's default ``parser_queue`` of 100 000) and N=200 000; then idle after load (CPU, RSS with the replay
+  rings full). A phase that stops making progress or drains with ids missing is reported with busd's
+  drop counters and the collector's Publisher state.
+* **B, bench-side shim**, only when run A's collector got stuck waiting for acknowledgements (an
+  intermittent stall of the stock ``ControlClient``, see ``bench/plugins/collector.py``), or with
+  ``--shim``: the full-speed phases again with ``ControlClient.send`` going through the asyncio socket.
+  Its numbers are labelled "shim".
 
 Loss is counted by event id: the collector writes every id it emitted, the receiver every parent id it
 saw; ``lost`` = emitted ids never seen. Throughput = distinct ids seen / (last receipt - first emit).
@@ -363,6 +365,8 @@ def phase_summary(res: dict[str, Any], n: int) -> dict[str, Any]:
         out["rate"] = r["unique"] / out["seconds"]
         out["emit_rate"] = c["count"] / max(1e-9, c["last_emit"] - c["first_emit"])
         out["acked_rate"] = c["count"] / max(1e-9, c["acked_at"] - c["first_emit"])
+        out["timeline"] = {"first_recv": r["first_recv"] - c["first_emit"], "last_emit": c["last_emit"] - c["first_emit"],
+                           "acked": c["acked_at"] - c["first_emit"], "last_recv": r["last_recv"] - c["first_emit"]}
     elif r and r["unique"]:
         out["seconds"] = r["last_recv"] - r["first_recv"]
     return out
@@ -384,6 +388,10 @@ def full_phase_report(tag: str, s: dict[str, Any]) -> None:
     else:
         say(f"[1] end to end, full speed, {tag}, N={s['n']}: DID NOT COMPLETE - receiver saw {s['seen']} of "
             f"{s['n']} ids, lost {s['lost']}")
+    tl = s.get("timeline")
+    if tl:
+        say(f"    timeline from first emit: last emit +{tl['last_emit']:.2f} s, all acknowledged +{tl['acked']:.2f} s, "
+            f"first receipt +{tl['first_recv']:.2f} s, last receipt +{tl['last_recv']:.2f} s")
     if s["incomplete"]:
         say(f"    incomplete: {s['incomplete']}; collector all acknowledged: {s['collector_done']}; "
             f"publisher {s.get('publisher')}")
@@ -487,6 +495,21 @@ def full_phase(run: BusRun, tree: Tree, k: int, n: int) -> tuple[dict[str, Any],
     return phase_summary(res, n), dict(sampler.max)
 
 
+def idle_after(run: BusRun, tree: Tree, seconds: float, R: dict[str, Any]) -> None:
+    time.sleep(1.5)
+    c0, t0 = tree.cpu(), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = tree.cpu(), time.monotonic()
+    d = cpu_delta(c0, c1)
+    rss = tree.rss()
+    R["idle_cpu_after"] = 100 * sum(d.values()) / (t1 - t0)
+    R["idle_rss_after"] = rss
+    say(f"[5] idle CPU after load ({t1 - t0:.1f} s): {R['idle_cpu_after']:.2f}% of one core"
+        f"   [{cpu_breakdown(d, t1 - t0)}]")
+    say(f"[6] idle RSS after load (replay rings full): busd {mb(rss['busd'])}   plugins: "
+        f"{rss_breakdown({k: v for k, v in rss.items() if k != 'busd'})}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="busd benchmark (see the module docstring)")
     ap.add_argument("--n", type=int, default=200_000, help="events of the big full-speed phase (default 200000)")
@@ -495,7 +518,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each paced phase (default 10)")
     ap.add_argument("--idle", type=float, default=5.0, help="length of each idle measurement (default 5)")
     ap.add_argument("--no-reference", action="store_true", help="skip the bare pyzmq pipeline")
-    ap.add_argument("--no-shim", action="store_true", help="skip run B (the bench-side ControlClient shim)")
+    ap.add_argument("--shim", action="store_true", help="always do run B (the bench-side ControlClient shim)")
+    ap.add_argument("--no-shim", action="store_true", help="never do run B, even if run A's collector got stuck")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directories (configs, logs, results)")
     a = ap.parse_args()
 
@@ -532,6 +556,7 @@ def main() -> int:
                 say(f"[4] CPU seconds per 10 000 events at 1k events/s (busd + plugins): {s['cpu_per_10k']:.3f} s")
             time.sleep(0.5)
 
+        stuck = False
         for k, n in ((2, a.n_small), (3, a.n)):
             s, rmax = full_phase(run, tree, k, n)
             R[f"full_A_{n}"] = s
@@ -542,15 +567,18 @@ def main() -> int:
             for key, v in rmax.items():
                 R["load_rss"][key] = max(v, R["load_rss"].get(key, 0))
             if not s["collector_done"]:
+                stuck = True
                 say("    (the collector is stuck; later phases of run A skipped)")
                 break
             time.sleep(0.5)
+        if not stuck:
+            idle_after(run, tree, a.idle, R)
     finally:
         run.stop()
         run.cleanup(a.keep)
 
     # ---------------------------------------------------------------- run B: shim
-    if not a.no_shim:
+    if (stuck and not a.no_shim) or a.shim:
         say("\n=== run B: busd + SDK plugins, collector with the bench-side ControlClient shim ===")
         run = BusRun("run B", [{"count": a.n_small, "rate": 0}, {"count": a.n, "rate": 0}], shim=True)
         try:
@@ -568,18 +596,8 @@ def main() -> int:
                 for key, v in rmax.items():
                     R.setdefault("load_rss", {})[key] = max(v, R["load_rss"].get(key, 0))
                 time.sleep(0.5)
-            time.sleep(1.5)
-            c0, t0 = tree.cpu(), time.monotonic()
-            time.sleep(a.idle)
-            c1, t1 = tree.cpu(), time.monotonic()
-            d = cpu_delta(c0, c1)
-            rss = tree.rss()
-            R["idle_cpu_after"] = 100 * sum(d.values()) / (t1 - t0)
-            R["idle_rss_after"] = rss
-            say(f"[5] idle CPU after load ({t1 - t0:.1f} s): {R['idle_cpu_after']:.2f}% of one core"
-                f"   [{cpu_breakdown(d, t1 - t0)}]")
-            say(f"[6] idle RSS after load (replay rings full): busd {mb(rss['busd'])}   plugins: "
-                f"{rss_breakdown({k: v for k, v in rss.items() if k != 'busd'})}")
+            if "idle_rss_after" not in R:
+                idle_after(run, tree, a.idle, R)
         finally:
             run.stop()
             run.cleanup(a.keep)

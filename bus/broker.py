@@ -588,9 +588,10 @@ class Broker:
             out["events_in"] = int(state.stats.get("received", 0))
             out["events_out"] = int(state.stats.get("handled", 0))
             out["replayed"] = int(state.stats.get("replayed", 0))
-            for reason in ("lost", "failed"):
+            # gaps: publications the PUB socket dropped for this slow receiver (then replayed)
+            for reason, key in (("lost", "lost"), ("failed", "failed"), ("gaps", "publish_gaps")):
                 if state.stats.get(reason):
-                    out["dropped"][reason] = state.stats[reason]
+                    out["dropped"][key] = state.stats[reason]
         return out
 
     def status(self) -> dict[str, Any]:

@@ -121,6 +121,8 @@ def test_slow_receiver_does_not_stall_others(bus: Bus) -> None:
     lag = wait_for(lambda: bus.plugin("slow")["lag"], what="slow receiver's lag reported")
     assert lag > 500
     assert bus.plugin("fast")["lag"] == 0
+    wait_for(lambda: len(read_lines(slow)) == 2000, timeout=60, what="slow receiver done, nothing lost")
+    assert bus.plugin("slow")["dropped"].get("lost", 0) == 0
 
 
 def test_events_out_of_the_replay_buffer_are_reported_as_a_gap(bus: Bus) -> None:

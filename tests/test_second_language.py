@@ -12,18 +12,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 import zmq
+from conftest import Bus, wait_for
 
 from bus.plugin import derive_id
 
@@ -32,18 +29,6 @@ EXAMPLE = ROOT / "examples" / "c-parser"
 BIN = Path(sys.executable).parent
 PACKAGES = "gcc make pkg-config libzmq3-dev libmsgpack-dev"
 PLUGIN = "cmatch"
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module", name="c_parser")
@@ -60,132 +45,21 @@ def fixture_c_parser() -> Path:
     return binary
 
 
-@pytest.fixture(name="short_dir")
-def fixture_short_dir() -> Iterator[Path]:
-    """A directory under /tmp with a short name: ipc:// paths must stay under 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="bus", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 # -- against a real busd ---------------------------------------------------------------------------
 
 
-class Daemon:
-    """One busd process with the C parser configured, and the command-line tools to drive it."""
-
-    def __init__(self, base: Path, c_parser: Path) -> None:
-        self.base = base
-        self.config = base / "busd.toml"
-        self.log_path = base / "busd.log"
-        self.config.write_text(
-            "[main]\n"
-            f'runtime_dir = "{base / "run"}"\n'
-            'hostname = "testhost"\n'
-            "restart_delay = 0.05\n"
-            "\n"
-            f"[plugins.{PLUGIN}]\n"
-            'type = "parser"\n'
-            f"exec = [{json.dumps(str(c_parser))}]\n"
-            'filter = { kind = ["raw"] }\n'
-            'word = "failed"\n')
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(base / "notify.sock"))
-        self.log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([str(BIN / "busd"), "--config", str(self.config)], stdout=self.log,
-                                     stderr=subprocess.STDOUT,
-                                     env={**os.environ, "NOTIFY_SOCKET": str(base / "notify.sock")})
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        """Wait for busd's READY=1 on the notify socket (its sockets are bound by then)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"busd did not send READY=1; its log:\n{self.read_log()[-3000:]}")
-            self.notify.settimeout(remaining)
-            try:
-                if "READY=1" in self.notify.recv(4096).decode().split("\n"):
-                    return
-            except TimeoutError:
-                continue
-
-    def run(self, tool: str, *args: str, stdin: str | None = None) -> str:
-        """Run bus-emit, bus-tail or busctl against this busd; return its standard output."""
-        cmd = [str(BIN / tool), "--config", str(self.config), *args]
-        res = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, f"{' '.join(cmd)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
-        return res.stdout
-
-    def status(self) -> dict[str, Any]:
-        """Return ``busctl status --json``."""
-        return dict(json.loads(self.run("busctl", "status", "--json")))
-
-    def parser(self) -> dict[str, Any]:
-        """Return the C parser's entry of ``busctl status``."""
-        return next(p for p in self.status()["plugins"] if p["name"] == PLUGIN)
-
-    def connected(self) -> dict[str, Any] | None:
-        """Return the C parser's status once it runs and has said hello on the input socket."""
-        p = self.parser()
-        return p if p["state"] == "running" and p["delivery"]["connected"] else None
-
-    def settled(self, raw: int) -> dict[str, Any] | None:
-        """Return the status once ``raw`` raw events are published and the C parser acknowledged all."""
-        st = self.status()
-        p = next(p for p in st["plugins"] if p["name"] == PLUGIN)
-        done = st["broker"]["head"]["raw"] == raw and p["delivery"]["pending"] == 0
-        return st if done else None
-
-    def emit(self, events: list[dict[str, Any]]) -> None:
-        """Push events with ``bus-emit`` (JSON Lines on stdin), as a collector would."""
-        self.run("bus-emit", stdin="".join(json.dumps(e) + "\n" for e in events))
-
-    def tail(self, n: int, *args: str) -> list[dict[str, Any]]:
-        """Return the last ``n`` published events (``--last`` replays from the broker's buffer)."""
-        out = self.run("bus-tail", "--json", "--last", str(n), "--count", str(n), *args)
-        return [json.loads(line) for line in out.splitlines()]
-
-    def read_log(self) -> str:
-        """Return what busd logged so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def log_records(self) -> list[dict[str, Any]]:
-        """Return busd's JSON log lines."""
-        out = []
-        for line in self.read_log().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-    def stop(self) -> int:
-        """SIGTERM busd; return its exit status."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-    def close(self) -> None:
-        """Kill whatever is left."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        self.notify.close()
+def _start(bus: Bus, c_parser: Path) -> None:
+    """Run busd with the C parser as its only plugin, and wait until the parser has said hello."""
+    bus.write({PLUGIN: {"type": "parser", "exec": [str(c_parser)], "filter": {"kind": ["raw"]}, "word": "failed"}})
+    bus.start()
+    bus.wait_running(PLUGIN)
 
 
-@pytest.fixture(name="daemon")
-def fixture_daemon(short_dir: Path, c_parser: Path) -> Iterator[Daemon]:
-    """A running busd whose only plugin is the C parser, connected."""
-    d = Daemon(short_dir, c_parser)
-    try:
-        d.wait_ready()
-        _wait_for(d.connected, 20, "the C parser running and connected to the input socket")
-        yield d
-    finally:
-        d.close()
+def _settled(bus: Bus, raw: int) -> dict[str, Any] | None:
+    """Return the status once ``raw`` raw events are published and the C parser acknowledged all."""
+    st = bus.status()
+    p = next(p for p in st["plugins"] if p["name"] == PLUGIN)
+    return st if st["broker"]["head"]["raw"] == raw and p["delivery"]["pending"] == 0 else None
 
 
 def _raw(i: int, msg: str, **kw: Any) -> dict[str, Any]:
@@ -208,7 +82,7 @@ def _check_outputs(outputs: list[dict[str, Any]], inputs: list[dict[str, Any]]) 
         assert out["event_id"] == derive_id(raw["event_id"], PLUGIN, 0)
 
 
-def test_c_parser_turns_matching_raw_events_into_synthetic_events(daemon: Daemon) -> None:
+def test_c_parser_turns_matching_raw_events_into_synthetic_events(bus: Bus, c_parser: Path) -> None:
     """Raw events go through the C parser; exactly those whose msg has the word come out, once."""
     first = [
         _raw(1, "sd 2:0:0:0: [sdb] rejecting I/O: device failed", dev_name="sdb"),
@@ -218,31 +92,32 @@ def test_c_parser_turns_matching_raw_events_into_synthetic_events(daemon: Daemon
         _raw(5, "usb 1-1: new high-speed USB device"),
         _raw(6, "drbd r0/0: state change failed: (-2) Need access to UpToDate data"),
     ]
-    daemon.emit(first)
-    st = _wait_for(lambda: daemon.settled(raw=len(first)), 20, "the C parser to acknowledge every raw event")
+    _start(bus, c_parser)
+    bus.emit(first)
+    st = wait_for(lambda: _settled(bus, raw=len(first)), 20, "the C parser to acknowledge every raw event")
     matching = [e for e in first if "failed" in e["msg"]]
     assert st["broker"]["head"]["synthetic"] == len(matching)
-    _check_outputs(daemon.tail(len(matching)), matching)
+    _check_outputs(bus.tail(len(matching)), matching)
     p = next(p for p in st["plugins"] if p["name"] == PLUGIN)
     assert p["events_in"] == len(matching) and p["events_out"] == len(first)
     assert p["dropped"] == {} and st["broker"]["malformed"] == 0
 
     # The plugin's JSON lines on stderr are merged into busd's log, tagged with its name.
-    started = [r for r in daemon.log_records() if r.get("event") == "c_parser_started"]
+    started = [r for r in bus.log_records() if r.get("event") == "c_parser_started"]
     assert started and started[0]["plugin"] == PLUGIN and started[0]["word"] == "failed"
 
     # A new incarnation says hello again and carries on.
     old_pid = p["pid"]
     os.kill(old_pid, signal.SIGKILL)
-    _wait_for(lambda: (q := daemon.connected()) and q["pid"] != old_pid and q, 20, "the C parser restarted")
+    wait_for(lambda: (q := bus.plugin(PLUGIN))["delivery"]["connected"] and q["pid"] not in (None, old_pid),
+             20, "the C parser restarted")
     second = [_raw(7, "nothing to see"), _raw(8, "link to 10.0.0.2 failed", dev_name="eth0")]
-    daemon.emit(second)
-    st = _wait_for(lambda: daemon.settled(raw=len(first) + len(second)), 20, "the restarted parser to catch up")
+    bus.emit(second)
+    st = wait_for(lambda: _settled(bus, raw=len(first) + len(second)), 20, "the restarted parser to catch up")
     assert st["broker"]["head"]["synthetic"] == len(matching) + 1
-    _check_outputs(daemon.tail(len(matching) + 1), [*matching, second[1]])
-    assert daemon.parser()["restarts"] == 1
-
-    assert daemon.stop() == 0
+    _check_outputs(bus.tail(len(matching) + 1), [*matching, second[1]])
+    assert bus.plugin(PLUGIN)["restarts"] == 1
+    assert bus.stop()[0] == 0
 
 
 # -- against a fake broker: malformed input, redelivery, refusal, signals ---------------------------
@@ -294,10 +169,10 @@ class FakeBroker:
         self.ctx.term()
 
 
-def test_c_parser_survives_malformed_frames_and_is_idempotent(short_dir: Path, c_parser: Path) -> None:
+def test_c_parser_survives_malformed_frames_and_is_idempotent(bus: Bus, c_parser: Path) -> None:
     """Garbage from the input socket is logged and skipped; a redelivery gives the same output id."""
     word = "d\u00e9j\u00e0 vu \U0001F600"  # JSON-escaped in BUS_PLUGIN_CONFIG, as busd writes it
-    fake = FakeBroker(short_dir, c_parser, config={"type": "parser", "exec": ["word"], "word": word})
+    fake = FakeBroker(bus.base, c_parser, config={"type": "parser", "exec": ["word"], "word": word})
     try:
         assert fake.recv() == {"op": "hello", "plugin": PLUGIN, "window": 1000}
         for junk in (b"", b"\xc1", b"\x93\x01", msgpack.packb([1, 2]), msgpack.packb({"op": 5}),
@@ -335,9 +210,9 @@ def test_c_parser_survives_malformed_frames_and_is_idempotent(short_dir: Path, c
         fake.close()
 
 
-def test_c_parser_exits_when_the_broker_refuses_it(short_dir: Path, c_parser: Path) -> None:
+def test_c_parser_exits_when_the_broker_refuses_it(bus: Bus, c_parser: Path) -> None:
     """{op: "error"} after hello (not a configured parser): logged, exit status 1."""
-    fake = FakeBroker(short_dir, c_parser, plugin="stranger")
+    fake = FakeBroker(bus.base, c_parser, plugin="stranger")
     try:
         assert fake.recv()["plugin"] == "stranger"
         fake.send(msgpack.packb({"op": "error", "error": "unknown parser 'stranger'"}))
