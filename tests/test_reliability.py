@@ -107,21 +107,21 @@ def test_busd_restart_under_bus_emit_stream_loses_nothing(bus: Bus) -> None:
 
 
 def test_slow_receiver_does_not_stall_others(bus: Bus) -> None:
-    """A receiver that takes 20 ms per event lags; a fast one gets everything at once; status shows the lag."""
+    """A receiver that takes 10 ms per event lags; a fast one gets everything at once; status shows the lag."""
     fast, slow = bus.base / "fast.jsonl", bus.base / "slow.jsonl"
     bus.write({
         "fast": {"type": "receiver", "exec": plugin_cmd("recorder"), "out": str(fast)},
-        "slow": {"type": "receiver", "exec": plugin_cmd("recorder"), "out": str(slow), "delay": 0.02},
+        "slow": {"type": "receiver", "exec": plugin_cmd("recorder"), "out": str(slow), "delay": 0.01},
     })
     bus.start()
     bus.wait_running("fast", "slow")
-    bus.emit([ev("t", "E", str(i), kind="synthetic") for i in range(2000)])
-    wait_for(lambda: len(read_lines(fast)) == 2000, timeout=20, what="fast receiver done")
-    assert len(read_lines(slow)) < 1000
+    bus.emit([ev("t", "E", str(i), kind="synthetic") for i in range(1000)])
+    wait_for(lambda: len(read_lines(fast)) == 1000, timeout=20, what="fast receiver done")
+    assert len(read_lines(slow)) < 500
     lag = wait_for(lambda: bus.plugin("slow")["lag"], what="slow receiver's lag reported")
-    assert lag > 500
+    assert lag > 250
     assert bus.plugin("fast")["lag"] == 0
-    wait_for(lambda: len(read_lines(slow)) == 2000, timeout=60, what="slow receiver done, nothing lost")
+    wait_for(lambda: len(read_lines(slow)) == 1000, timeout=60, what="slow receiver done, nothing lost")
     assert bus.plugin("slow")["dropped"].get("lost", 0) == 0
 
 
