@@ -3,7 +3,7 @@
 
     .venv/bin/pip install py-spy          # not a project dependency
     .venv/bin/python bench/hotspots.py --rate 1000 --seconds 12     # paced phase
-    .venv/bin/python bench/hotspots.py --rate 0 --n 200000 --shim   # full speed
+    .venv/bin/python bench/hotspots.py --rate 0 --n 50000            # full speed
 
 Starts busd with the bench plugins (``bench/run.py``'s :class:`BusRun`), starts the phase, records each
 process (busd, collector, parser, receiver) with ``py-spy record --format raw`` for ``--record``
@@ -69,7 +69,6 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=0, help="events (default rate * seconds, or 200000 at full speed)")
     ap.add_argument("--seconds", type=float, default=12)
     ap.add_argument("--record", type=float, default=0, help="seconds to record (default: seconds - 3)")
-    ap.add_argument("--shim", action="store_true", help="collector with the ControlClient shim")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--rate-hz", type=int, default=250, help="py-spy sampling rate")
     ap.add_argument("--out", default="/tmp/busd-profile")
@@ -81,7 +80,7 @@ def main() -> int:
     record = a.record or (max(2.0, a.seconds - 3) if a.rate else 6.0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    run = BusRun("profile", [{"count": n, "rate": a.rate}], shim=a.shim)
+    run = BusRun("profile", [{"count": n, "rate": a.rate}])
     try:
         tree = run.start()
         time.sleep(1.0)
@@ -97,8 +96,8 @@ def main() -> int:
             p.wait(record + 30)
         res = run.wait_phase(0, n / 1000 + 60, stall=8)
         r = res.get("receiver") or {}
-        print(f"phase: rate {a.rate:g}, n {n}, receiver saw {res['seen_ids']}, lost {res['lost_ids']}, "
-              f"stalled {res['stalled']}")
+        print(f"phase: rate {a.rate:g}, n {n}, receiver saw {res['seen_ids']}, lost {res['lost_ids']}"
+              f"{', incomplete: ' + res['incomplete'] if res['incomplete'] else ''}")
         if r.get("unique") and res.get("collector"):
             print(f"  throughput {r['unique'] / (r['last_recv'] - res['collector']['first_emit']):,.0f} events/s")
     finally:

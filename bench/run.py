@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """busd benchmark: throughput, latency, CPU and memory of a real busd with SDK plugins, and a bare reference.
 
-Run from the repository root: ``.venv/bin/python bench/run.py`` (``make bench``). It takes 2-3 minutes on
+Run from the repository root: ``.venv/bin/python bench/run.py`` (``make bench``). It takes about 1.5 minutes on
 a 2-core machine and prints labelled numbers, then a summary of the project's targets.
 
 What runs:
@@ -14,17 +14,13 @@ What runs:
   a result file per phase once it has seen every id of the phase;
 * ``bench/reference.py``: a bare pyzmq + msgpack pipeline of the same four-process shape.
 
-busd runs:
+busd's phases, all in one busd:
 
-* **A, stock SDK**: idle (CPU, RSS), 1k and 5k events/s paced phases (latency, split in its
-  collector -> parser and parser -> receiver halves; CPU), then two full-speed phases: N=50 000 (fits in
-  busd's default ``parser_queue`` of 100 000) and N=200 000; then idle after load (CPU, RSS with the replay
-  rings full). A phase that stops making progress or drains with ids missing is reported with busd's
-  drop counters and the collector's Publisher state.
-* **B, bench-side shim**, only when run A's collector got stuck waiting for acknowledgements (an
-  intermittent stall of the stock ``ControlClient``, see ``bench/plugins/collector.py``), or with
-  ``--shim``: the full-speed phases again with ``ControlClient.send`` going through the asyncio socket.
-  Its numbers are labelled "shim".
+idle (CPU, RSS); 1k and 5k events/s paced phases (latency, also split into its collector -> parser and
+parser -> receiver halves; CPU over the steady part); two full-speed phases, N=50 000 (fits in busd's
+default ``parser_queue`` of 100 000) and N=200 000; idle after load (CPU, RSS with the replay rings full).
+A phase that stops making progress, or drains with ids missing, is reported with busd's drop counters and
+the collector's Publisher state.
 
 Loss is counted by event id: the collector writes every id it emitted, the receiver every parent id it
 saw; ``lost`` = emitted ids never seen. Throughput = distinct ids seen / (last receipt - first emit).
@@ -178,7 +174,7 @@ class RssSampler(threading.Thread):
 class BusRun:
     """A busd started on a generated configuration, with the bench collector, parser and receiver."""
 
-    def __init__(self, label: str, phases: list[dict[str, float]], *, shim: bool) -> None:
+    def __init__(self, label: str, phases: list[dict[str, float]]) -> None:
         self.label = label
         self.phases = phases
         self.dir = Path(tempfile.mkdtemp(prefix="bus", dir="/tmp"))
@@ -199,7 +195,6 @@ log_level = "info"
 type = "collector"
 exec = [{toml_str(PY)}, {toml_str(str(plugins / "collector.py"))}]
 out = {toml_str(str(self.out))}
-shim = {"true" if shim else "false"}
 phases = [{phase_toml}]
 
 [plugins.pass]
@@ -378,15 +373,15 @@ def publisher_stalled(s: dict[str, Any]) -> bool:
     return not s["collector_done"] and pub.get("inflight", 0) > 0 and bool(pub.get("zmq_events", 0) & 1)
 
 
-def full_phase_report(tag: str, s: dict[str, Any]) -> None:
+def full_phase_report(s: dict[str, Any]) -> None:
     pr = s.get("progress") or {}
     drops = pr.get("dropped", {})
     if "rate" in s:
-        say(f"[1] end to end, full speed, {tag}, N={s['n']}: {s['rate']:,.0f} events/s   lost {s['lost']} of {s['n']}"
+        say(f"[1] end to end, full speed, N={s['n']}: {s['rate']:,.0f} events/s   lost {s['lost']} of {s['n']}"
             f"   duplicates {s['duplicates']}   ({s['seconds']:.2f} s first emit -> last receipt; collector emitted "
             f"at {s['emit_rate']:,.0f}/s, broker acked at {s['acked_rate']:,.0f}/s)")
     else:
-        say(f"[1] end to end, full speed, {tag}, N={s['n']}: DID NOT COMPLETE - receiver saw {s['seen']} of "
+        say(f"[1] end to end, full speed, N={s['n']}: DID NOT COMPLETE - receiver saw {s['seen']} of "
             f"{s['n']} ids, lost {s['lost']}")
     tl = s.get("timeline")
     if tl:
@@ -397,7 +392,7 @@ def full_phase_report(tag: str, s: dict[str, Any]) -> None:
             f"publisher {s.get('publisher')}")
     if publisher_stalled(s):
         say("    PUBLISHER STALL: acknowledgements sit unread in the collector's DEALER (ZMQ_EVENTS has POLLIN) "
-            "while the Publisher resends its window forever (see bench/plugins/collector.py)")
+            "while the Publisher resends its window")
     say(f"    busd counters: heads raw {pr.get('raw')} synthetic {pr.get('synthetic')}; dropped {drops or 'none'}")
     if s["lat"]:
         say(f"    latency during full speed: {lat_line(s['lat'])}")
@@ -510,6 +505,17 @@ def idle_after(run: BusRun, tree: Tree, seconds: float, R: dict[str, Any]) -> No
         f"{rss_breakdown({k: v for k, v in rss.items() if k != 'busd'})}")
 
 
+def git_version() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "bus"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return (head or "?") + (" (bus/ modified)" if dirty else "")
+    except Exception:
+        return "?"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="busd benchmark (see the module docstring)")
     ap.add_argument("--n", type=int, default=200_000, help="events of the big full-speed phase (default 200000)")
@@ -518,21 +524,20 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each paced phase (default 10)")
     ap.add_argument("--idle", type=float, default=5.0, help="length of each idle measurement (default 5)")
     ap.add_argument("--no-reference", action="store_true", help="skip the bare pyzmq pipeline")
-    ap.add_argument("--shim", action="store_true", help="always do run B (the bench-side ControlClient shim)")
-    ap.add_argument("--no-shim", action="store_true", help="never do run B, even if run A's collector got stuck")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directories (configs, logs, results)")
     a = ap.parse_args()
 
     t_start = time.monotonic()
     R: dict[str, Any] = {}
     secs = a.seconds
-    say(f"busd benchmark: {psutil.cpu_count()} CPUs, python {sys.version.split()[0]}, busd {BUSD}")
+    say(f"busd benchmark: {psutil.cpu_count()} CPUs, python {sys.version.split()[0]}, busd {BUSD}, "
+        f"commit {git_version()}")
     say(f"full speed N={a.n} and N={a.n_small}; paced phases {secs:g} s; idle windows {a.idle:g} s")
 
-    # ---------------------------------------------------------------- run A: stock SDK
-    say("\n=== run A: busd + SDK plugins (stock SDK) ===")
-    run = BusRun("run A", [{"count": int(1000 * secs), "rate": 1000}, {"count": int(5000 * secs), "rate": 5000},
-                           {"count": a.n_small, "rate": 0}, {"count": a.n, "rate": 0}], shim=False)
+    # ---------------------------------------------------------------- busd
+    say("\n=== busd + SDK plugins ===")
+    run = BusRun("busd", [{"count": int(1000 * secs), "rate": 1000}, {"count": int(5000 * secs), "rate": 5000},
+                           {"count": a.n_small, "rate": 0}, {"count": a.n, "rate": 0}])
     try:
         tree = run.start()
         say(f"    {run.dir}  pids: " + ", ".join(f"{k} {p.pid}" for k, p in tree.procs.items()))
@@ -549,18 +554,22 @@ def main() -> int:
         say(f"[6] idle RSS, fresh: busd {mb(rss['busd'])}   plugins: "
             f"{rss_breakdown({k: v for k, v in rss.items() if k != 'busd'})}")
 
+        stuck = False
         for k, rate in ((0, 1000.0), (1, 5000.0)):
             s = R[f"paced_{int(rate)}"] = paced_phase(run, tree, k, rate, secs)
             paced_report(rate, s)
             if rate == 1000:
                 say(f"[4] CPU seconds per 10 000 events at 1k events/s (busd + plugins): {s['cpu_per_10k']:.3f} s")
+            if not s["collector_done"]:
+                stuck = True
+                say(f"    (the collector is stuck: publisher {s['publisher']}; later phases skipped)")
+                break
             time.sleep(0.5)
 
-        stuck = False
-        for k, n in ((2, a.n_small), (3, a.n)):
+        for k, n in ((2, a.n_small), (3, a.n)) if not stuck else ():
             s, rmax = full_phase(run, tree, k, n)
-            R[f"full_A_{n}"] = s
-            full_phase_report("stock SDK", s)
+            R[f"full_{n}"] = s
+            full_phase_report(s)
             say(f"[6] RSS under full-speed load (max): busd {mb(rmax.get('busd', 0))}   plugins: "
                 f"{rss_breakdown({k: v for k, v in rmax.items() if k != 'busd'})}")
             R.setdefault("load_rss", {})
@@ -568,7 +577,7 @@ def main() -> int:
                 R["load_rss"][key] = max(v, R["load_rss"].get(key, 0))
             if not s["collector_done"]:
                 stuck = True
-                say("    (the collector is stuck; later phases of run A skipped)")
+                say("    (the collector is stuck; later phases skipped)")
                 break
             time.sleep(0.5)
         if not stuck:
@@ -576,31 +585,6 @@ def main() -> int:
     finally:
         run.stop()
         run.cleanup(a.keep)
-
-    # ---------------------------------------------------------------- run B: shim
-    if (stuck and not a.no_shim) or a.shim:
-        say("\n=== run B: busd + SDK plugins, collector with the bench-side ControlClient shim ===")
-        run = BusRun("run B", [{"count": a.n_small, "rate": 0}, {"count": a.n, "rate": 0}], shim=True)
-        try:
-            tree = run.start()
-            time.sleep(1.0)
-            for k, n in ((0, a.n_small), (1, a.n)):
-                c0, t0 = tree.cpu(), time.monotonic()
-                s, rmax = full_phase(run, tree, k, n)
-                c1, t1 = tree.cpu(), time.monotonic()
-                R[f"full_B_{n}"] = s
-                full_phase_report("shim", s)
-                say(f"    CPU during the phase ({t1 - t0:.1f} s): {cpu_breakdown(cpu_delta(c0, c1), t1 - t0)}")
-                say(f"[6] RSS under full-speed load (max): busd {mb(rmax.get('busd', 0))}   plugins: "
-                    f"{rss_breakdown({k: v for k, v in rmax.items() if k != 'busd'})}")
-                for key, v in rmax.items():
-                    R.setdefault("load_rss", {})[key] = max(v, R["load_rss"].get(key, 0))
-                time.sleep(0.5)
-            if "idle_rss_after" not in R:
-                idle_after(run, tree, a.idle, R)
-        finally:
-            run.stop()
-            run.cleanup(a.keep)
 
     # ---------------------------------------------------------------- reference
     if not a.no_reference:
@@ -625,9 +609,7 @@ def main() -> int:
 def summary(a: argparse.Namespace, R: dict[str, Any]) -> None:
     nan = float("nan")
     say("\n=== summary ===")
-    # end to end: the stock SDK if it completed without loss, else the shim run
-    cands = [(f"stock SDK, N={n}", R.get(f"full_A_{n}")) for n in (a.n, a.n_small)]
-    cands += [(f"with ControlClient shim, N={n}", R.get(f"full_B_{n}")) for n in (a.n, a.n_small)]
+    cands = [(f"N={n}", R.get(f"full_{n}")) for n in (a.n, a.n_small)]
     for label, s in cands:
         if s is None:
             continue
@@ -656,6 +638,7 @@ def summary(a: argparse.Namespace, R: dict[str, Any]) -> None:
     idle, after, load = R.get("idle_rss", {}), R.get("idle_rss_after", {}), R.get("load_rss", {})
     say(f"6. busd RSS: {mb(idle.get('busd', 0))} idle fresh, {mb(load.get('busd', 0))} max under load, "
         f"{mb(after.get('busd', 0))} idle after load")
+    say("   (collector and receiver RSS include the bench's own per-event records: ids, latencies)")
     for role in ("collector", "parser", "receiver"):
         say(f"   {role:9s} RSS: {mb(idle.get(role, 0))} idle fresh, {mb(load.get(role, 0))} max under load, "
             f"{mb(after.get(role, 0))} idle after load")

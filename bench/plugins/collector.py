@@ -4,10 +4,6 @@
 Options (from the plugin table): ``out`` (result directory) and ``phases``, an array of
 ``{count, rate}`` tables (``rate = 0``: as fast as :class:`bus.client.Publisher` allows).
 
-``shim = true`` replaces :meth:`ControlClient.send`/``resend`` for this process only by versions that
-send through the asyncio socket instead of the synchronous shadow socket (see ``_shim_control_client``):
-a bench-side workaround for the stall described there. ``bench/run.py`` runs with and without it.
-
 ``bench/run.py`` starts each phase with SIGUSR1. For each phase the collector writes
 ``collector-<k>.json`` (first/last emit time, time everything was acknowledged) and
 ``collector-<k>.ids`` (every event id emitted, one per line) once all events are acknowledged.
@@ -25,36 +21,7 @@ from pathlib import Path
 
 import zmq
 
-from bus import protocol
-from bus.client import ControlClient
 from bus.plugin import Collector, run
-
-
-def _shim_control_client() -> None:
-    """Work around a stall of the stock ``ControlClient`` (bench only, never in ``bus/``).
-
-    ``ControlClient.send``/``resend`` write through a synchronous shadow of the DEALER while the reader task
-    is parked in ``await sock.recv_multipart()``. ZMQ_FD is edge-triggered: the synchronous send
-    processes the socket's pending commands, so the reply's edge is consumed and pyzmq's asyncio poller is
-    never told; replies sit in the socket (ZMQ_EVENTS == POLLIN|POLLOUT) while the Publisher resends its
-    whole window every ``ack_timeout`` forever. Sending through the asyncio socket lets pyzmq re-check
-    ZMQ_EVENTS after the send.
-    """
-    def send(self, msg):  # type: ignore[no-untyped-def]
-        self._ensure_reader()
-        rid = next(self._ids)
-        msg["id"] = rid
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = fut
-        self.sock.send(protocol.packb(msg))
-        return rid, fut
-
-    def resend(self, rid, msg):  # type: ignore[no-untyped-def]
-        msg["id"] = rid
-        self.sock.send(protocol.packb(msg))
-
-    ControlClient.send = send  # type: ignore[method-assign]
-    ControlClient.resend = resend  # type: ignore[method-assign]
 
 
 def _write(path: Path, text: str) -> None:
@@ -66,8 +33,6 @@ def _write(path: Path, text: str) -> None:
 
 class BenchCollector(Collector):
     async def run(self) -> None:
-        if self.options.get("shim"):
-            _shim_control_client()
         out = Path(self.options["out"])
         phases = self.options["phases"]
         go = asyncio.Event()
@@ -117,7 +82,8 @@ class BenchCollector(Collector):
         state = {"acked": pub.acked, "inflight": len(pub.inflight), "buffered": len(pub.buffer),
                  "pending": pub.pending(), "waiting_replies": len(self.control._waiting)} if pub else {}
         if self._control is not None:
-            state["zmq_events"] = self._control._sync.getsockopt(zmq.EVENTS)
+            # POLLIN (1) here while acknowledgements are missing: replies sit unread in the DEALER
+            state["zmq_events"] = int(self._control.sock.getsockopt(zmq.EVENTS))
         _write(Path(self.options["out"]) / "collector-state.json", json.dumps(state))
 
 
