@@ -31,7 +31,11 @@ __all__ = ["Broker"]
 
 log = get_logger("broker")
 
-_DRAIN_MAX = 2000
+_DRAIN_MAX = 256
+_CONGESTED = 10_000
+"""Unsent events queued for one working parser above which producers are held back."""
+_STALLED_AFTER = 10.0
+"""Seconds without an acknowledgement after which a parser with events in flight is stalled."""
 _PUB_RUN_MAX = 1000
 _DELIVERY_MAX = 500
 _REPLAY_REPLY_MAX = 5000
@@ -75,6 +79,8 @@ class ParserLink:
         self.window = 1000
         self.redelivered = 0
         self.incarnations = 0
+        self.last_progress = time.monotonic()
+        self.stalled = False
 
     def enqueue(self, data: bytes) -> None:
         """Keep ``data`` for delivery; when full, drop the oldest event not yet sent."""
@@ -95,6 +101,7 @@ class ParserLink:
         self.window = max(1, min(window, 100_000))
         self.sent = 0
         self.incarnations += 1
+        self.last_progress = time.monotonic()
 
     def ack(self, upto: int) -> int:
         """Forget every event up to delivery number ``upto``; return how many were acknowledged."""
@@ -105,7 +112,21 @@ class ParserLink:
             self.sent -= 1
             n += 1
         self.counters.events_out += n
+        self.last_progress = time.monotonic()
         return n
+
+    def backlog(self, now: float) -> int:
+        """Return the events waiting to be sent, or 0 if this parser cannot be waited for.
+
+        A parser that is down, or connected but silent for ``_STALLED_AFTER`` seconds with events
+        in flight, must not hold the whole bus back: its queue fills up to ``capacity`` instead.
+        """
+        stalled = self.peer is not None and self.sent > 0 and now - self.last_progress > _STALLED_AFTER
+        if stalled != self.stalled:
+            self.stalled = stalled
+            (log.warning if stalled else log.info)("parser_stalled" if stalled else "parser_resumed",
+                                                   plugin=self.name, in_flight=self.sent, queued=len(self.queue))
+        return 0 if self.peer is None or stalled else len(self.queue) - self.sent
 
     def deliveries(self) -> Iterable[bytes]:
         """Yield delivery frames for what the window allows."""
@@ -191,6 +212,10 @@ class Broker:
         self._ingest: dict[str, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._input_peers: dict[bytes, str] = {}
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._held: deque[tuple[list[bytes], dict[str, Any]]] = deque()
+        self.held_back = 0
         self.started = time.time()
         # sequence numbers restart at 1 with each broker; the epoch tells subscribers which run
         self.epoch = new_event_id()
@@ -223,6 +248,7 @@ class Broker:
         self._tasks = [
             asyncio.create_task(self._serve(self.control, self._on_control), name="control"),
             asyncio.create_task(self._serve(self.input, self._on_input), name="input"),
+            asyncio.create_task(self._tick(), name="tick"),
         ]
 
     async def close(self) -> None:
@@ -238,10 +264,17 @@ class Broker:
         for sock in (self.pub, self.control, self.input):
             sock.close(0)
 
-    async def _serve(self, sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], Awaitable[None] | None]) -> None:
-        """Await one message, then drain what is queued without awaiting, then flush once."""
+    async def _serve(self, sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], Awaitable[None] | None],
+                     *, producer: bool = False) -> None:
+        """Await one message, then drain what is queued without awaiting, then flush once.
+
+        A ``producer`` socket (a plugin's ingest) is not read while the bus is congested: ZeroMQ's
+        queue then fills and the plugin's PUSH blocks, which is the back pressure we want.
+        """
         shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         while True:
+            if producer and not self._flowing.is_set():
+                await self._flowing.wait()
             frames = await sock.recv_multipart(copy=True)
             n = 0
             while True:
@@ -259,6 +292,32 @@ class Broker:
                 except zmq.Again:
                     break
             self.flush()
+            await asyncio.sleep(0)  # let the other sockets (parsers' acks above all) have their turn
+
+    async def _tick(self) -> None:
+        """Twice a second: re-check the flow (stalled parsers) and tell held producers to wait."""
+        while True:
+            await asyncio.sleep(0.5)
+            self._update_flow()
+            for envelope, msg in self._held:
+                self.control.send_multipart([*envelope, protocol.packb({"ok": True, "id": msg.get("id"), "pending": True})])
+
+    def _update_flow(self) -> None:
+        """Hold producers back while a working parser has more than ``_CONGESTED`` events unsent."""
+        now = time.monotonic()
+        backlog = max((link.backlog(now) for link in self.parsers.values()), default=0)
+        if self._flowing.is_set() and backlog > _CONGESTED:
+            self._flowing.clear()
+            log.info("flow_held", backlog=backlog)
+        elif not self._flowing.is_set() and backlog <= _CONGESTED // 2:
+            self._flowing.set()
+            log.info("flow_resumed", backlog=backlog, held=len(self._held))
+        while self._held and self._flowing.is_set():
+            envelope, msg = self._held.popleft()
+            self.control.send_multipart([*envelope, protocol.packb({**self._op_publish(msg), "id": msg.get("id")})])
+            self._send()
+            if max((link.backlog(now) for link in self.parsers.values()), default=0) > _CONGESTED:
+                self._flowing.clear()
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -284,7 +343,8 @@ class Broker:
             counters = self._counters(name)
             if ptype in ("collector", "parser") and name not in self._ingest:
                 sock = self._socket(zmq.PULL, f"ingest/{name}.sock")
-                task = asyncio.create_task(self._serve(sock, self._ingest_handler(name)), name=f"ingest-{name}")
+                task = asyncio.create_task(self._serve(sock, self._ingest_handler(name), producer=True),
+                                           name=f"ingest-{name}")
                 self._ingest[name] = (sock, task)
             if ptype == "parser":
                 link = self.parsers.get(name)
@@ -408,7 +468,12 @@ class Broker:
         return accepted, rejected
 
     def flush(self) -> None:
-        """Send what the last batch produced: PUB runs by topic, then parser deliveries."""
+        """Send what the last batch produced, then re-check the flow (which may release held requests)."""
+        self._send()
+        self._update_flow()
+
+    def _send(self) -> None:
+        """Send PUB runs by topic, then parser deliveries."""
         pending = self._pending_pub
         if pending:
             self._pending_pub = []
@@ -490,7 +555,12 @@ class Broker:
         op = msg["op"]
         reply: dict[str, Any] | bytes | None
         try:
-            if op == "publish":
+            if op == "publish" and (self._held or not self._flowing.is_set()):
+                # held back: the reply (the acknowledgement) comes when the parsers catch up
+                self._held.append((envelope, msg))
+                self.held_back += 1
+                reply = {"ok": True, "pending": True}
+            elif op == "publish":
                 reply = self._op_publish(msg)
             elif op == "replay":
                 reply = self._op_replay(msg)
@@ -601,5 +671,7 @@ class Broker:
             "head": self.head(),
             "buffered": {k: len(s.ring) for k, s in self.streams.items()},
             "malformed": sum(self.malformed.values()),
+            "flowing": self._flowing.is_set(),
+            "held_back_requests": self.held_back,
             "outside_producers": {n: c.as_dict() for n, c in self.counters.items() if n not in self.producer_types},
         }

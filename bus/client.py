@@ -11,7 +11,7 @@ import functools
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -39,6 +39,7 @@ class ControlClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self.on_pending: Callable[[int], None] | None = None
 
     def _connect(self) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(zmq.DEALER)
@@ -68,6 +69,10 @@ class ControlClient:
             frames = await self.sock.recv_multipart()
             try:
                 reply = protocol.unpackb(frames[-1])
+                if reply.get("pending"):  # busd holds the request back (back pressure): keep waiting
+                    if self.on_pending is not None:
+                        self.on_pending(reply["id"])
+                    continue
                 fut = self._waiting.pop(reply["id"])
             except Exception:
                 continue
@@ -170,6 +175,13 @@ class Publisher:
         self._space = asyncio.Event()
         self._space.set()
         self._task: asyncio.Task[None] | None = None
+        client.on_pending = self._on_pending
+
+    def _on_pending(self, rid: int) -> None:
+        """busd holds this request back while its parsers catch up: it is alive, do not resend."""
+        item = self.inflight.get(rid)
+        if item is not None:
+            self.inflight[rid] = (item[0], item[1], time.monotonic())
 
     def _start(self) -> None:
         if self._task is None:

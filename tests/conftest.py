@@ -181,8 +181,11 @@ def fixture_bus() -> Iterator[Bus]:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Return the lines a recorder plugin wrote so far."""
-    return path.read_text().splitlines() if path.exists() else []
+    """Return the complete lines a recorder plugin wrote so far (not a line it is writing now)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return text[: text.rfind("\n") + 1].splitlines()
 
 
 def ev(system: str, event_type: str, msg: str = "", **kw: Any) -> dict[str, Any]:
