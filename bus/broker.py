@@ -33,7 +33,8 @@ log = get_logger("broker")
 
 _DRAIN_MAX = 256
 _CONGESTED = 10_000
-"""Unsent events queued for one working parser above which producers are held back."""
+"""Events queued for one working parser above which producers are held back (at most half of
+``parser_queue``)."""
 _STALLED_AFTER = 10.0
 """Seconds without an acknowledgement after which a parser with events in flight is stalled."""
 _PUB_RUN_MAX = 1000
@@ -116,17 +117,19 @@ class ParserLink:
         return n
 
     def backlog(self, now: float) -> int:
-        """Return the events waiting to be sent, or 0 if this parser cannot be waited for.
+        """Return the events queued (in flight included), or 0 if this parser cannot be waited for.
 
-        A parser that is down, or connected but silent for ``_STALLED_AFTER`` seconds with events
-        in flight, must not hold the whole bus back: its queue fills up to ``capacity`` instead.
+        A parser is waited for while it starts or restarts, but one without progress for
+        ``_STALLED_AFTER`` seconds (down, or connected and silent with events in flight) must not
+        hold the whole bus back: its queue fills up to ``capacity`` instead, drops counted.
         """
-        stalled = self.peer is not None and self.sent > 0 and now - self.last_progress > _STALLED_AFTER
+        busy = self.peer is None or self.sent > 0
+        stalled = busy and now - self.last_progress > _STALLED_AFTER
         if stalled != self.stalled:
             self.stalled = stalled
             (log.warning if stalled else log.info)("parser_stalled" if stalled else "parser_resumed",
                                                    plugin=self.name, in_flight=self.sent, queued=len(self.queue))
-        return 0 if self.peer is None or stalled else len(self.queue) - self.sent
+        return 0 if stalled else len(self.queue)
 
     def deliveries(self) -> Iterable[bytes]:
         """Yield delivery frames for what the window allows."""
@@ -285,7 +288,7 @@ class Broker:
                 except Exception:
                     log.exception("broker_handler_failed")
                 n += 1
-                if n >= _DRAIN_MAX:
+                if n >= _DRAIN_MAX or (producer and not self._update_flow()):
                     break
                 try:
                     frames = shadow.recv_multipart(zmq.NOBLOCK)
@@ -302,22 +305,27 @@ class Broker:
             for envelope, msg in self._held:
                 self.control.send_multipart([*envelope, protocol.packb({"ok": True, "id": msg.get("id"), "pending": True})])
 
-    def _update_flow(self) -> None:
-        """Hold producers back while a working parser has more than ``_CONGESTED`` events unsent."""
+    def _update_flow(self) -> bool:
+        """Hold producers back while a working parser has more than ``_CONGESTED`` events unsent.
+
+        Returns whether producers may go on.
+        """
         now = time.monotonic()
+        limit = min(_CONGESTED, self.parser_queue // 2)
         backlog = max((link.backlog(now) for link in self.parsers.values()), default=0)
-        if self._flowing.is_set() and backlog > _CONGESTED:
+        if self._flowing.is_set() and backlog > limit:
             self._flowing.clear()
             log.info("flow_held", backlog=backlog)
-        elif not self._flowing.is_set() and backlog <= _CONGESTED // 2:
+        elif not self._flowing.is_set() and backlog <= limit // 2:
             self._flowing.set()
             log.info("flow_resumed", backlog=backlog, held=len(self._held))
         while self._held and self._flowing.is_set():
             envelope, msg = self._held.popleft()
             self.control.send_multipart([*envelope, protocol.packb({**self._op_publish(msg), "id": msg.get("id")})])
             self._send()
-            if max((link.backlog(now) for link in self.parsers.values()), default=0) > _CONGESTED:
+            if max((link.backlog(now) for link in self.parsers.values()), default=0) > limit:
                 self._flowing.clear()
+        return self._flowing.is_set()
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -555,7 +563,7 @@ class Broker:
         op = msg["op"]
         reply: dict[str, Any] | bytes | None
         try:
-            if op == "publish" and (self._held or not self._flowing.is_set()):
+            if op == "publish" and (self._held or not self._update_flow()):
                 # held back: the reply (the acknowledgement) comes when the parsers catch up
                 self._held.append((envelope, msg))
                 self.held_back += 1

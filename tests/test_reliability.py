@@ -170,3 +170,19 @@ def test_bus_tail_follows_busd_across_a_restart(bus: Bus) -> None:
     bus.emit([ev("t", "AFTER", kind="synthetic")])
     assert json.loads(tail.stdout.readline())["event_type"] == "AFTER"
     assert tail.wait(timeout=30) == 0
+
+
+def test_slow_parser_holds_producers_back_instead_of_dropping(bus: Bus) -> None:
+    """A parser slower than its collector slows the collector down; no acknowledged event is dropped."""
+    out = bus.base / "out.jsonl"
+    bus.write({
+        "gen": {"type": "collector", "exec": plugin_cmd("counter"), "count": 4000},
+        "slow": {"type": "parser", "exec": plugin_cmd("tag"), "delay": 0.001},
+        "rec": {"type": "receiver", "exec": plugin_cmd("recorder"), "out": str(out)},
+    }, main={"parser_queue": 1000})
+    bus.start()
+    wait_for(lambda: len(read_lines(out)) >= 4000, timeout=90, what="every event through the slow parser")
+    assert len({r["raw_id"] for r in _records(out)}) == 4000
+    status = bus.status()
+    assert status["broker"]["held_back_requests"] > 0
+    assert all("parser_queue_full" not in p["dropped"] for p in status["plugins"])
