@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
-import zmq.asyncio
 
 from bus import protocol
 from bus.event import KINDS, encode, new_event_id, normalize
@@ -201,7 +200,8 @@ class Broker:
         self.hostname = hostname
         self.parser_queue = parser_queue
         self.dedup_window = dedup_window
-        self.ctx = zmq.asyncio.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._watched: dict[zmq.Socket[bytes], tuple[Callable[[], None], bool]] = {}
         self.streams = {kind: Stream(kind, replay_buffer) for kind in KINDS}
         self.counters: dict[str, Counters] = {}
         self.producer_types: dict[str, str] = {}
@@ -212,11 +212,10 @@ class Broker:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._routes: dict[tuple[str, str, str, str], tuple[ParserLink, ...]] = {}
         self._pending_pub: list[tuple[str, bytes, int, bytes]] = []
-        self._ingest: dict[str, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
+        self._ingest: dict[str, zmq.Socket[bytes]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._input_peers: dict[bytes, str] = {}
-        self._flowing = asyncio.Event()
-        self._flowing.set()
+        self._flowing = True
         self._held: deque[tuple[list[bytes], dict[str, Any]]] = deque()
         self.held_back = 0
         self.started = time.time()
@@ -225,8 +224,8 @@ class Broker:
 
     # -- sockets -------------------------------------------------------------------------------
 
-    def _socket(self, kind: int, name: str) -> zmq.asyncio.Socket:
-        sock = self.ctx.socket(kind)
+    def _socket(self, kind: int, name: str) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.HARD_MAX_FRAME)
         path = self.runtime_dir / name
@@ -242,60 +241,71 @@ class Broker:
         self.runtime_dir.chmod(0o750)
         (self.runtime_dir / "ingest").mkdir(exist_ok=True)
         (self.runtime_dir / "ingest").chmod(0o750)
+        self._loop = asyncio.get_running_loop()
         self.pub = self._socket(zmq.PUB, protocol.EVENTS)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.control = self._socket(zmq.ROUTER, protocol.CONTROL)
         self.input = self._socket(zmq.ROUTER, protocol.INPUT)
         self.input.setsockopt(zmq.SNDHWM, 0)
-        self._pub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.pub.underlying)
-        self._tasks = [
-            asyncio.create_task(self._serve(self.control, self._on_control), name="control"),
-            asyncio.create_task(self._serve(self.input, self._on_input), name="input"),
-            asyncio.create_task(self._tick(), name="tick"),
-        ]
+        self._watch(self.control, self._on_control)
+        self._watch(self.input, self._on_input)
+        self._tasks = [asyncio.create_task(self._tick(), name="tick")]
 
     async def close(self) -> None:
         """Stop serving and close every socket."""
-        for _, task in self._ingest.values():
-            task.cancel()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *(t for _, t in self._ingest.values()), return_exceptions=True)
-        for sock, _ in self._ingest.values():
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sock in [*self._watched, self.pub]:
+            self._unwatch(sock)
             sock.close(0)
         self._ingest.clear()
-        for sock in (self.pub, self.control, self.input):
-            sock.close(0)
 
-    async def _serve(self, sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], Awaitable[None] | None],
-                     *, producer: bool = False) -> None:
-        """Await one message, then drain what is queued without awaiting, then flush once.
+    def _watch(self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None], *, producer: bool = False) -> None:
+        """Serve ``sock`` from the event loop: drain it without blocking whenever it may be readable.
 
+        ZeroMQ's file descriptor is edge-triggered: it signals that something changed, not that a
+        message waits. So each wake-up drains until ``Again``; a turn ends after ``_DRAIN_MAX``
+        messages (fairness: the parsers' acknowledgements must not wait behind a flood), and
+        :meth:`flush` re-checks every socket after sending, since a send can swallow the signal.
         A ``producer`` socket (a plugin's ingest) is not read while the bus is congested: ZeroMQ's
-        queue then fills and the plugin's PUSH blocks, which is the back pressure we want.
+        queue fills and the plugin's PUSH blocks, which is the back pressure we want.
         """
-        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        while True:
-            if producer and not self._flowing.is_set():
-                await self._flowing.wait()
-            frames = await sock.recv_multipart(copy=True)
+        def drain() -> None:
             n = 0
-            while True:
+            while n < _DRAIN_MAX and not (producer and not self._flowing):
                 try:
-                    result = handle(frames)
-                    if result is not None:
-                        await result
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    handle(frames)
                 except Exception:
                     log.exception("broker_handler_failed")
                 n += 1
-                if n >= _DRAIN_MAX or (producer and not self._update_flow()):
-                    break
-                try:
-                    frames = shadow.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-            self.flush()
-            await asyncio.sleep(0)  # let the other sockets (parsers' acks above all) have their turn
+                if producer:
+                    self._update_flow()
+            if n:
+                self.flush()
+            if n >= _DRAIN_MAX:
+                self._loop.call_soon(drain)
+
+        self._watched[sock] = (drain, producer)
+        self._loop.add_reader(sock.fileno(), drain)
+        self._loop.call_soon(drain)
+
+    def _unwatch(self, sock: zmq.Socket[bytes]) -> None:
+        if self._watched.pop(sock, None) is not None:
+            self._loop.remove_reader(sock.fileno())
+
+    def _recheck(self) -> None:
+        """After sending: schedule a drain of every socket that has messages waiting."""
+        for sock, (drain, producer) in self._watched.items():
+            if (self._flowing or not producer) and cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                self._loop.call_soon(drain)
+
+    def _reply(self, envelope: list[bytes], reply: dict[str, Any] | bytes) -> None:
+        self.control.send_multipart([*envelope, reply if isinstance(reply, bytes) else protocol.packb(reply)])
 
     async def _tick(self) -> None:
         """Twice a second: re-check the flow (stalled parsers) and tell held producers to wait."""
@@ -303,7 +313,8 @@ class Broker:
             await asyncio.sleep(0.5)
             self._update_flow()
             for envelope, msg in self._held:
-                self.control.send_multipart([*envelope, protocol.packb({"ok": True, "id": msg.get("id"), "pending": True})])
+                self._reply(envelope, {"ok": True, "id": msg.get("id"), "pending": True})
+            self._recheck()
 
     def _update_flow(self) -> bool:
         """Hold producers back while a working parser has more than ``_CONGESTED`` events unsent.
@@ -313,19 +324,22 @@ class Broker:
         now = time.monotonic()
         limit = min(_CONGESTED, self.parser_queue // 2)
         backlog = max((link.backlog(now) for link in self.parsers.values()), default=0)
-        if self._flowing.is_set() and backlog > limit:
-            self._flowing.clear()
+        if self._flowing and backlog > limit:
+            self._flowing = False
             log.info("flow_held", backlog=backlog)
-        elif not self._flowing.is_set() and backlog <= limit // 2:
-            self._flowing.set()
+        elif not self._flowing and backlog <= limit // 2:
+            self._flowing = True
             log.info("flow_resumed", backlog=backlog, held=len(self._held))
-        while self._held and self._flowing.is_set():
+            for drain, producer in self._watched.values():
+                if producer:
+                    self._loop.call_soon(drain)
+        while self._held and self._flowing:
             envelope, msg = self._held.popleft()
-            self.control.send_multipart([*envelope, protocol.packb({**self._op_publish(msg), "id": msg.get("id")})])
+            self._reply(envelope, {**self._op_publish(msg), "id": msg.get("id")})
             self._send()
             if max((link.backlog(now) for link in self.parsers.values()), default=0) > limit:
-                self._flowing.clear()
-        return self._flowing.is_set()
+                self._flowing = False
+        return self._flowing
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -343,17 +357,16 @@ class Broker:
         """
         for name in list(self._ingest):
             if plugins.get(name, ("", None))[0] not in ("collector", "parser"):
-                sock, task = self._ingest.pop(name)
-                task.cancel()
+                sock = self._ingest.pop(name)
+                self._unwatch(sock)
                 sock.close(0)
         for name, (ptype, flt) in plugins.items():
             self.producer_types[name] = ptype
             counters = self._counters(name)
             if ptype in ("collector", "parser") and name not in self._ingest:
                 sock = self._socket(zmq.PULL, f"ingest/{name}.sock")
-                task = asyncio.create_task(self._serve(sock, self._ingest_handler(name), producer=True),
-                                           name=f"ingest-{name}")
-                self._ingest[name] = (sock, task)
+                self._watch(sock, self._ingest_handler(name), producer=True)
+                self._ingest[name] = sock
             if ptype == "parser":
                 link = self.parsers.get(name)
                 if link is None:
@@ -479,13 +492,14 @@ class Broker:
         """Send what the last batch produced, then re-check the flow (which may release held requests)."""
         self._send()
         self._update_flow()
+        self._recheck()
 
     def _send(self) -> None:
         """Send PUB runs by topic, then parser deliveries."""
         pending = self._pending_pub
         if pending:
             self._pending_pub = []
-            send = self._pub_sync.send_multipart
+            send = self.pub.send_multipart
             i, n = 0, len(pending)
             while i < n:
                 _, topic, first, _ = pending[i]
@@ -547,7 +561,7 @@ class Broker:
 
     # -- control socket ------------------------------------------------------------------------
 
-    async def _on_control(self, frames: list[bytes]) -> None:
+    def _on_control(self, frames: list[bytes]) -> None:
         envelope, frame = frames[:-1], frames[-1]
         if not envelope:
             return
@@ -558,11 +572,14 @@ class Broker:
         except Exception as exc:
             reason = f"frame of {len(frame)} bytes exceeds the limit" if len(frame) > MAX_FRAME else str(exc)
             self._malformed("control:" + envelope[0].hex(), reason)
-            self.control.send_multipart([*envelope, protocol.packb({"ok": False, "error": f"malformed request: {reason}"})])
+            self._reply(envelope, {"ok": False, "error": f"malformed request: {reason}"})
             return
         op = msg["op"]
         reply: dict[str, Any] | bytes | None
         try:
+            if op in self.handlers:  # the daemon's operations (status, reload...) may take a while
+                asyncio.create_task(self._handle_async(envelope, msg))
+                return
             if op == "publish" and (self._held or not self._update_flow()):
                 # held back: the reply (the acknowledgement) comes when the parsers catch up
                 self._held.append((envelope, msg))
@@ -576,18 +593,25 @@ class Broker:
                 reply = self._op_hello(msg)
             elif op == "progress":
                 reply = self._op_progress(msg)
-            elif op in self.handlers:
-                reply = await self.handlers[op](msg)
             else:
                 reply = {"ok": False, "error": f"unknown op {op!r}"}
         except Exception as exc:
             log.exception("control_op_failed", op=op)
             reply = {"ok": False, "error": f"{op} failed: {exc}"}
-        if reply is None:
-            return
         if "id" in msg and isinstance(reply, dict):
             reply["id"] = msg["id"]
-        self.control.send_multipart([*envelope, reply if isinstance(reply, bytes) else protocol.packb(reply)])
+        self._reply(envelope, reply)
+
+    async def _handle_async(self, envelope: list[bytes], msg: dict[str, Any]) -> None:
+        try:
+            reply = await self.handlers[msg["op"]](msg)
+        except Exception as exc:
+            log.exception("control_op_failed", op=msg["op"])
+            reply = {"ok": False, "error": f"{msg['op']} failed: {exc}"}
+        if "id" in msg:
+            reply["id"] = msg["id"]
+        self._reply(envelope, reply)
+        self._recheck()
 
     def _op_publish(self, msg: dict[str, Any]) -> dict[str, Any]:
         source = msg.get("plugin") or "bus-emit"
@@ -679,7 +703,7 @@ class Broker:
             "head": self.head(),
             "buffered": {k: len(s.ring) for k, s in self.streams.items()},
             "malformed": sum(self.malformed.values()),
-            "flowing": self._flowing.is_set(),
+            "flowing": self._flowing,
             "held_back_requests": self.held_back,
             "outside_producers": {n: c.as_dict() for n, c in self.counters.items() if n not in self.producer_types},
         }
