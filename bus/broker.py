@@ -150,11 +150,11 @@ class Stream:
     def __init__(self, kind: str, size: int) -> None:
         self.kind = kind
         self.seq = 0
-        self.ring: deque[tuple[int, bytes, bytes]] = deque(maxlen=size)
+        self.ring: deque[bytes] = deque(maxlen=size)  # the encoded events; seq of ring[i] is first() + i
 
     def first(self) -> int:
         """Return the oldest sequence number still in the ring (``seq + 1`` when empty)."""
-        return self.ring[0][0] if self.ring else self.seq + 1
+        return self.seq - len(self.ring) + 1
 
     def resize(self, size: int) -> None:
         """Change the ring's size, keeping the newest events."""
@@ -170,7 +170,7 @@ class Stream:
         if lo > end:
             return [], lo, gap
         offset = lo - first
-        return [d for _, _, d in islice(self.ring, offset, offset + end - lo + 1)], lo, gap
+        return list(islice(self.ring, offset, offset + end - lo + 1)), lo, gap
 
 
 @dataclass
@@ -195,7 +195,7 @@ class Broker:
     """
 
     def __init__(self, runtime_dir: str, hostname: str, *, replay_buffer: int = 100_000,
-                 parser_queue: int = 100_000, dedup_window: int = 200_000) -> None:
+                 parser_queue: int = 100_000, dedup_window: int = 50_000) -> None:
         self.runtime_dir = Path(runtime_dir)
         self.hostname = hostname
         self.parser_queue = parser_queue
@@ -475,7 +475,7 @@ class Broker:
             stream = streams[ekind]
             stream.seq += 1
             topic = protocol.topic(ekind, system)
-            stream.ring.append((stream.seq, topic, data))
+            stream.ring.append(data)
             pending.append((ekind, topic, stream.seq, data))
             key = (ekind, system, event["severity"], event["event_type"])
             targets = routes.get(key)

@@ -90,7 +90,7 @@ _MAIN_OPTIONS: dict[str, Option] = {
     "include": Option(list, [], "globs of snippets, relative to the main file"),
     "replay_buffer": Option(int, 100_000, "published events kept per kind for replay"),
     "parser_queue": Option(int, 100_000, "events kept per parser until acknowledged"),
-    "dedup_window": Option(int, 200_000, "recent event ids remembered to drop resends"),
+    "dedup_window": Option(int, 50_000, "recent event ids remembered to drop resends"),
     "restart_delay": Option(float, 0.5, "first restart delay of a crashed plugin, seconds"),
     "restart_delay_max": Option(float, 30.0, "longest restart delay, seconds"),
     "max_fast_crashes": Option(int, 5, "fast crashes in a row before a plugin is marked failed"),
@@ -121,7 +121,7 @@ class MainConfig:
     log_level: str = "info"
     replay_buffer: int = 100_000
     parser_queue: int = 100_000
-    dedup_window: int = 200_000
+    dedup_window: int = 50_000
     restart_delay: float = 0.5
     restart_delay_max: float = 30.0
     max_fast_crashes: int = 5
