@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import msgpack
 
 from bus.exceptions import EventError
+from bus.protocol import packb, unpackb
 
 __all__ = [
     "KINDS",
@@ -40,6 +40,7 @@ KINDS = ("raw", "synthetic")
 _SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 _STR_KEYS = ("hostname", "dev_wwid", "dev_name", "msg")
 _EXT_SCALARS = (str, int, float, bool, list, dict, type(None))
+_EXT_TYPES = frozenset(_EXT_SCALARS)
 
 
 def severity_rank(severity: str) -> int:
@@ -169,18 +170,20 @@ def normalize(
     elif event.setdefault("kind", "raw") not in KINDS:
         raise EventError("kind", f"{event['kind']!r} is not one of {', '.join(KINDS)}")
     for key in _STR_KEYS:
-        if key in event:
-            _check_str(event, key)
-        else:
+        value = event.get(key)
+        if value is None:
             event[key] = ""
+        elif type(value) is not str:
+            _check_str(event, key)
     ext = event.setdefault("extensions", {})
-    if not isinstance(ext, dict):
+    if type(ext) is not dict:
         raise EventError("extensions", f"must be a map, not {type(ext).__name__}")
     for k, val in ext.items():
-        if not isinstance(k, str):
-            raise EventError("extensions", f"key {k!r} is not a string")
-        if not isinstance(val, _EXT_SCALARS):
-            raise EventError(f"extensions.{k}", f"type {type(val).__name__} is not allowed")
+        if type(k) is not str or type(val) not in _EXT_TYPES:
+            if not isinstance(k, str):
+                raise EventError("extensions", f"key {k!r} is not a string")
+            if not isinstance(val, _EXT_SCALARS):
+                raise EventError(f"extensions.{k}", f"type {type(val).__name__} is not allowed")
     if source is not None:
         event["source"] = source
     elif not isinstance(event.setdefault("source", ""), str):
@@ -188,13 +191,9 @@ def normalize(
     return event
 
 
-_packer = msgpack.Packer(use_bin_type=True)
-
-
 def encode(event: Event) -> bytes:
     """Encode one event as a msgpack map."""
-    data: bytes = _packer.pack(event)
-    return data
+    return packb(event)
 
 
 def decode(data: bytes) -> Any:
@@ -204,7 +203,7 @@ def decode(data: bytes) -> Any:
         EventError: the bytes are not one complete msgpack object.
     """
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return unpackb(data)
     except Exception as exc:
         raise EventError("frame", f"not valid msgpack ({exc})") from None
 
