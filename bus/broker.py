@@ -214,6 +214,7 @@ class Broker:
         self._pending_pub: list[tuple[str, bytes, int, bytes]] = []
         self._ingest: dict[str, zmq.Socket[bytes]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._input_peers: dict[bytes, str] = {}
         self._flowing = True
         self._held: deque[tuple[list[bytes], dict[str, Any]]] = deque()
@@ -578,7 +579,9 @@ class Broker:
         reply: dict[str, Any] | bytes | None
         try:
             if op in self.handlers:  # the daemon's operations (status, reload...) may take a while
-                asyncio.create_task(self._handle_async(envelope, msg))
+                task = asyncio.create_task(self._handle_async(envelope, msg))
+                self._background.add(task)  # a reference, or the loop may drop the task
+                task.add_done_callback(self._background.discard)
                 return
             if op == "publish" and (self._held or not self._update_flow()):
                 # held back: the reply (the acknowledgement) comes when the parsers catch up

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-
 from bus.exceptions import EventError
 from bus.protocol import packb, unpackb
 
