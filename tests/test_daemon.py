@@ -207,9 +207,11 @@ def test_busctl_without_daemon_fails_clearly(bus: Bus) -> None:
 
 
 def test_version_and_help_on_every_command() -> None:
-    """Every command answers --version and --help."""
+    """Every command answers --version and --help, and prints a bash completion script."""
     for tool in ("busd", "bus-tail", "bus-emit", "busctl"):
         res = subprocess.run([str(BIN / tool), "--version"], capture_output=True, text=True)
         assert res.returncode == 0 and res.stdout.startswith("busd "), tool
         res = subprocess.run([str(BIN / tool), "--help"], capture_output=True, text=True)
         assert res.returncode == 0 and "--config" in res.stdout, tool
+        res = subprocess.run([str(BIN / tool), "--show-completion", "bash"], capture_output=True, text=True)
+        assert res.returncode == 0 and f"_{tool.replace('-', '_')}_completion" in res.stdout, tool
