@@ -5,6 +5,7 @@ An event is a plain ``dict`` (a msgpack map on the wire) so that unknown keys su
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -54,13 +55,26 @@ def severity_rank(severity: str) -> int:
         raise EventError("severity", f"{severity!r} is not one of {', '.join(SEVERITIES)}") from None
 
 
-def new_event_id() -> str:
-    """Return a random (version 4) UUID string; faster than ``str(uuid.uuid4())``."""
-    h = bytearray(os.urandom(16))
-    h[6] = (h[6] & 0x0F) | 0x40
-    h[8] = (h[8] & 0x3F) | 0x80
+def _id_prefix() -> str:
+    h = bytearray(os.urandom(10))
+    h[6] = (h[6] & 0x0F) | 0x40  # UUID version 4
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
     x = h.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-"
+
+
+_id_state = {"prefix": _id_prefix()}
+_id_counter = itertools.count()
+os.register_at_fork(after_in_child=lambda: _id_state.update(prefix=_id_prefix()))
+
+
+def new_event_id() -> str:
+    """Return a unique id in UUID form: 80 random bits per process, then a 48-bit counter.
+
+    Unique like a random UUID, without a system call per event (``uuid.uuid4`` reads
+    ``/dev/urandom`` each time, a measurable cost at tens of thousands of events a second).
+    """
+    return f"{_id_state['prefix']}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 def new_event(

@@ -162,6 +162,7 @@ class Parser(Plugin):
         sock.connect(self.env["BUS_INPUT"])
         await sock.send(protocol.packb({"op": "hello", "plugin": self.name, "window": self.window}))
         handle = self.handle
+        is_async = inspect.iscoroutinefunction(handle)
         name = self.name
         hostname = self.hostname
         try:
@@ -175,9 +176,7 @@ class Parser(Plugin):
                 outputs: list[Event] = []
                 for event in msg["events"]:
                     try:
-                        result = handle(event)
-                        if inspect.isawaitable(result):
-                            result = await result
+                        result = await handle(event) if is_async else handle(event)  # type: ignore[misc]
                     except Exception:
                         self.log.exception("handle_failed", event_id=event.get("event_id"))
                         continue
@@ -219,13 +218,15 @@ class Receiver(Plugin):
         self.subscriber = sub = Subscriber(self.env["BUS_EVENTS"], self.control, kinds, plugin=self.name)
         match = self.filter.match
         handle = self.handle
+        is_async = inspect.iscoroutinefunction(handle)
         async for delivery in sub:
             event = delivery.event
             if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
                 try:
-                    result = handle(event)
-                    if inspect.isawaitable(result):
-                        await result
+                    if is_async:
+                        await handle(event)
+                    else:
+                        handle(event)
                 except Exception:
                     sub.stats["failed"] += 1
                     self.log.exception("handle_failed", event_id=event.get("event_id"))
