@@ -19,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from bus import protocol
-from bus.event import Event, new_event, new_event_id, normalize
+from bus.event import Event, new_event, new_event_id
 from bus.exceptions import ControlError
 from bus.log import get_logger
 from bus.protocol import SEQ
@@ -364,9 +364,10 @@ class Subscriber:
             end = min(end, reply.get("head", end))
         return out
 
-    async def _progress(self) -> None:
+    async def _progress(self, force: bool = False) -> None:
+        """Report what was handled (at most every ``progress_interval``) and learn the head."""
         now = time.monotonic()
-        if now - self._last_progress < self.progress_interval:
+        if not force and now - self._last_progress < self.progress_interval:
             return
         self._last_progress = now
         try:
@@ -427,11 +428,11 @@ class Subscriber:
                                 self.next[kind] = d.seq + 1
                                 yield d
 
+    async def report(self) -> None:
+        """Report progress now (at shutdown, so a restart resumes exactly here)."""
+        await self._progress(force=True)
+
     def close(self) -> None:
         """Close the SUB socket."""
         self.sub.close(0)
 
-
-def prepare(events: list[Any], hostname: str) -> list[Event]:
-    """Normalize events a producer is about to send (fills defaults so resends keep their ids)."""
-    return [normalize(e, hostname=hostname) for e in events]

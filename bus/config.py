@@ -312,7 +312,7 @@ def _build_plugin(name: str, table: dict[str, Any], file: str) -> PluginConfig:
     try:
         flt = Filter.parse(table.get("filter"), default_kinds=_DEFAULT_KINDS.get(ptype))
     except FilterError as exc:
-        raise ConfigError(file, f"{key}.{exc}".split(": ", 1)[0], str(exc).split(": ", 1)[1]) from None
+        raise _nested_error(file, key, exc) from None
     exec_argv: tuple[str, ...] | None = None
     if argv is not None:
         if isinstance(argv, str):
@@ -354,7 +354,13 @@ def _check_builtin_options(file: str, key: str, ptype: str, builtin: str, table:
         try:
             check(plugin_options(ptype, builtin, table))
         except ValueError as exc:
-            raise ConfigError(file, f"{key}.{exc}".split(": ", 1)[0], str(exc).split(": ", 1)[-1]) from None
+            raise _nested_error(file, key, exc) from None
+
+
+def _nested_error(file: str, key: str, exc: Exception) -> ConfigError:
+    """Turn ``"sub.key: reason"`` from a nested check into a ConfigError for ``key.sub.key``."""
+    sub, _, reason = str(exc).partition(": ")
+    return ConfigError(file, f"{key}.{sub}", reason)
 
 
 def plugin_options(plugin_type: str, builtin: str, table: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from bus.exceptions import EventError
@@ -254,10 +253,3 @@ def from_json(line: str, *, where: str = "line") -> Any:
         raise EventError(where, f"must be a JSON object, not {type(obj).__name__}")
     return obj
 
-
-def iter_json_lines(lines: Iterable[str]) -> Iterable[tuple[int, str]]:
-    """Yield ``(line_number, text)`` for every non-blank line."""
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if text:
-            yield number, text

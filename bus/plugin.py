@@ -235,8 +235,7 @@ class Receiver(Plugin):
     async def close(self) -> None:
         """Report final progress, then close."""
         if self.subscriber is not None:
-            self.subscriber._last_progress = 0.0
-            await self.subscriber._progress()
+            await self.subscriber.report()
             self.subscriber.close()
         await super().close()
 
