@@ -211,6 +211,7 @@ class Broker:
         self.malformed: Counter[str] = Counter()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._routes: dict[tuple[str, str, str, str], tuple[ParserLink, ...]] = {}
+        self._topics: dict[tuple[str, str], bytes] = {}
         self._pending_pub: list[tuple[str, bytes, int, bytes]] = []
         self._ingest: dict[str, zmq.Socket[bytes]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -451,6 +452,7 @@ class Broker:
         streams = self.streams
         pending = self._pending_pub
         routes = self._routes
+        topics = self._topics
         rejected: list[tuple[int, str]] = []
         now = time.time()
         accepted = 0
@@ -475,7 +477,9 @@ class Broker:
             system = event["system"]
             stream = streams[ekind]
             stream.seq += 1
-            topic = protocol.topic(ekind, system)
+            topic = topics.get((ekind, system))
+            if topic is None:
+                topic = topics[(ekind, system)] = protocol.topic(ekind, system)
             stream.ring.append(data)
             pending.append((ekind, topic, stream.seq, data))
             key = (ekind, system, event["severity"], event["event_type"])
