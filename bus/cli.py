@@ -201,9 +201,10 @@ def emit_main(
 
     Each event is kept until busd acknowledges it and sent again if busd restarts meanwhile.
     """
-    if config is None and os.environ.get("BUS_CONTROL"):  # inside a plugin started by busd
+    ingest_only = config is None and not os.environ.get("BUS_CONTROL") and os.environ.get("BUS_INGEST")
+    if config is None and (os.environ.get("BUS_CONTROL") or ingest_only):  # inside a plugin started by busd
         hostname = os.environ.get("BUS_HOSTNAME") or os.uname().nodename
-        endpoint = os.environ["BUS_CONTROL"]
+        endpoint = os.environ.get("BUS_CONTROL", "")
     else:
         main = _main(config)
         hostname, endpoint = main.hostname, protocol.endpoint(main.runtime_dir, protocol.CONTROL)
@@ -225,6 +226,9 @@ def emit_main(
             raise _fail(f"--{exc.key.replace('_', '-')}: {exc.reason}") from None
     else:
         events = _stdin_events(hostname, kind)
+    if ingest_only:
+        bad = _push(os.environ["BUS_INGEST"], events, timeout)
+        raise typer.Exit(1 if bad else 0)
     ok, bad = _run(_emit(endpoint, plugin, events, timeout))
     if bad:
         raise typer.Exit(1)
@@ -245,6 +249,25 @@ def _stdin_events(hostname: str, kind: str) -> Any:
             typer.secho(f"error: stdin line {number}: {exc}" if "stdin" not in str(exc) else f"error: {exc}",
                         err=True, fg=typer.colors.RED)
             yield None
+
+
+def _push(endpoint: str, events: Any, timeout: float) -> int:
+    """Fire-and-forget to a plugin's ``$BUS_INGEST`` (PULL) when no control socket is known."""
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, int((timeout or 5.0) * 1000))  # what is queued gets out before exit
+    sock.connect(endpoint)
+    bad = 0
+    for event in events:
+        if event is None:
+            bad += 1
+        else:
+            sock.send(protocol.packb(event))
+    sock.close()
+    ctx.term()
+    return bad
 
 
 _END: Any = object()

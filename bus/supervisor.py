@@ -2,8 +2,8 @@
 
 States: ``starting`` -> ``running`` -> (exit) -> ``restarting`` -> ``starting``...; a plugin that
 crashes ``max_fast_crashes`` times in a row, each time within ``min_uptime`` seconds, is ``failed``
-and left alone until its configuration changes. A plugin that exits with status 0 is ``exited``:
-it said it had finished. ``stopped`` is what busd asked for.
+and left alone until a reload. A plugin that exits with status 0 is restarted too (with the same
+growing delay when it exits quickly) but never marked failed. ``stopped`` is what busd asked for.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class PluginProcess:
     pid: int | None = None
     restarts: int = 0
     fast_crashes: int = 0
+    fast_exits: int = 0
     started_at: float = 0.0
     last_exit: str = ""
     proc: asyncio.subprocess.Process | None = None
@@ -147,23 +148,22 @@ class Supervisor:
                 self.on_exit(name)
                 if pp.stopping.is_set():
                     break
-                if rc == 0:
-                    pp.state = "exited"
-                    pp.last_exit = rc_text
-                    log.info("plugin_exited", plugin=name, status=rc_text)
-                    return
             pp.last_exit = rc_text
             uptime = time.time() - pp.started_at
-            pp.fast_crashes = pp.fast_crashes + 1 if uptime < main.min_uptime else 1
+            # every exit is restarted (SPEC); the delay grows with quick exits of any kind, but only
+            # quick crashes (non-zero status) can make a plugin "failed"
+            clean = rc_text == "exit status 0"
+            pp.fast_exits = pp.fast_exits + 1 if uptime < main.min_uptime else 1
+            pp.fast_crashes = 0 if clean else (pp.fast_crashes + 1 if uptime < main.min_uptime else 1)
             if pp.fast_crashes >= main.max_fast_crashes:
                 pp.state = "failed"
                 log.error("plugin_failed", plugin=name, status=rc_text, crashes=pp.fast_crashes,
                           reason=f"{pp.fast_crashes} crashes in a row, each within {main.min_uptime:g} s")
                 return
-            delay = min(main.restart_delay_max, main.restart_delay * 2 ** (pp.fast_crashes - 1))
+            delay = min(main.restart_delay_max, main.restart_delay * 2 ** (pp.fast_exits - 1))
             pp.state = "restarting"
-            log.warning("plugin_crashed", plugin=name, status=rc_text, uptime=round(uptime, 3),
-                        restart_in=round(delay, 3))
+            (log.info if clean else log.warning)("plugin_exited" if clean else "plugin_crashed", plugin=name,
+                                                 status=rc_text, uptime=round(uptime, 3), restart_in=round(delay, 3))
             try:
                 await asyncio.wait_for(pp.stopping.wait(), delay)
             except TimeoutError:

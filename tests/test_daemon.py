@@ -48,6 +48,18 @@ def test_sockets_are_not_world_accessible(bus: Bus) -> None:
     assert len(socks) == 4 and all(s.stat().st_mode & 0o777 == 0o660 for s in socks)
 
 
+def test_plugin_that_exits_cleanly_is_restarted_never_failed(bus: Bus) -> None:
+    """A one-shot plugin exiting 0 is restarted with backoff (SPEC), and never marked failed."""
+    emit = BIN / "bus-emit"
+    bus.write({"once": {"type": "collector", "exec": ["sh", "-c", f"{emit} --system t --event-type RUN; exit 0"]}},
+              main={"max_fast_crashes": 2})
+    bus.start()
+    wait_for(lambda: bus.status()["broker"]["head"]["raw"] >= 3, what="three runs of the one-shot collector")
+    once = bus.plugin("once")
+    assert once["restarts"] >= 2 and once["state"] != "failed" and once["last_exit"] == "exit status 0"
+    assert [e["event_type"] for e in bus.tail(3, "--kind", "raw")] == ["RUN"] * 3
+
+
 def test_plugin_log_lines_are_merged_into_busd_log_with_plugin_name(bus: Bus) -> None:
     """A plugin's JSON log lines keep their fields in busd's JSON log, tagged with the instance name."""
     bus.write({"p": {"type": "parser", "exec": plugin_cmd("tag")}})

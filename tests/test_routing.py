@@ -109,3 +109,27 @@ def test_bus_emit_rejects_bad_lines_and_keeps_good_ones(bus: Bus) -> None:
     assert "stdin line 3" in res.stderr and "event_type: is missing" in res.stderr
     assert "stdin line 4" in res.stderr and "critical" in res.stderr
     assert [e["event_type"] for e in bus.tail(2)] == ["OK1", "OK3"]
+
+
+def test_bus_emit_pushes_to_bus_ingest_when_that_is_all_it_has(bus: Bus) -> None:
+    """With only $BUS_INGEST in its environment (SPEC), bus-emit PUSHes msgpack events to that endpoint."""
+    import os
+    import subprocess
+
+    import msgpack
+    import zmq
+    from conftest import BIN
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    endpoint = f"ipc://{bus.base}/in.sock"
+    pull.bind(endpoint)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUS")} | {"BUS_INGEST": endpoint}
+    res = subprocess.run([str(BIN / "bus-emit"), "--system", "sh", "--event-type", "PING", "--msg", "hi"],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    pull.rcvtimeo = 10_000
+    event = msgpack.unpackb(pull.recv())
+    assert (event["system"], event["event_type"], event["msg"], event["v"]) == ("sh", "PING", "hi", 1)
+    pull.close(0)
+    ctx.term()
