@@ -306,8 +306,13 @@ class Broker:
             if (self._flowing or not producer) and cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 self._loop.call_soon(drain)
 
-    def _reply(self, envelope: list[bytes], reply: dict[str, Any] | bytes) -> None:
-        self.control.send_multipart([*envelope, reply if isinstance(reply, bytes) else protocol.packb(reply)])
+    def _reply(self, envelope: list[bytes], msg: dict[str, Any], reply: dict[str, Any] | bytes) -> None:
+        """Answer a control request, echoing its ``id`` (replay replies carry it already)."""
+        if isinstance(reply, dict):
+            if "id" in msg:
+                reply["id"] = msg["id"]
+            reply = protocol.packb(reply)
+        self.control.send_multipart([*envelope, reply])
 
     async def _tick(self) -> None:
         """Twice a second: re-check the flow (stalled parsers) and tell held producers to wait."""
@@ -315,7 +320,7 @@ class Broker:
             await asyncio.sleep(0.5)
             self._update_flow()
             for envelope, msg in self._held:
-                self._reply(envelope, {"ok": True, "id": msg.get("id"), "pending": True})
+                self._reply(envelope, msg, {"ok": True, "pending": True})
             self._recheck()
 
     def _update_flow(self) -> bool:
@@ -323,9 +328,8 @@ class Broker:
 
         Returns whether producers may go on.
         """
-        now = time.monotonic()
         limit = min(_CONGESTED, self.parser_queue // 2)
-        backlog = max((link.backlog(now) for link in self.parsers.values()), default=0)
+        backlog = self._backlog()
         if self._flowing and backlog > limit:
             self._flowing = False
             log.info("flow_held", backlog=backlog)
@@ -337,11 +341,15 @@ class Broker:
                     self._loop.call_soon(drain)
         while self._held and self._flowing:
             envelope, msg = self._held.popleft()
-            self._reply(envelope, {**self._op_publish(msg), "id": msg.get("id")})
+            self._reply(envelope, msg, self._op_publish(msg))
             self._send()
-            if max((link.backlog(now) for link in self.parsers.values()), default=0) > limit:
-                self._flowing = False
+            self._flowing = self._backlog() <= limit
         return self._flowing
+
+    def _backlog(self) -> int:
+        """Return the largest queue of a parser the bus waits for."""
+        now = time.monotonic()
+        return max((link.backlog(now) for link in self.parsers.values()), default=0)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -577,10 +585,10 @@ class Broker:
         except Exception as exc:
             reason = f"frame of {len(frame)} bytes exceeds the limit" if len(frame) > MAX_FRAME else str(exc)
             self._malformed("control:" + envelope[0].hex(), reason)
-            self._reply(envelope, {"ok": False, "error": f"malformed request: {reason}"})
+            self._reply(envelope, {}, {"ok": False, "error": f"malformed request: {reason}"})
             return
         op = msg["op"]
-        reply: dict[str, Any] | bytes | None
+        reply: dict[str, Any] | bytes
         try:
             if op in self.handlers:  # the daemon's operations (status, reload...) may take a while
                 task = asyncio.create_task(self._handle_async(envelope, msg))
@@ -605,9 +613,7 @@ class Broker:
         except Exception as exc:
             log.exception("control_op_failed", op=op)
             reply = {"ok": False, "error": f"{op} failed: {exc}"}
-        if "id" in msg and isinstance(reply, dict):
-            reply["id"] = msg["id"]
-        self._reply(envelope, reply)
+        self._reply(envelope, msg, reply)
 
     async def _handle_async(self, envelope: list[bytes], msg: dict[str, Any]) -> None:
         try:
@@ -615,9 +621,7 @@ class Broker:
         except Exception as exc:
             log.exception("control_op_failed", op=msg["op"])
             reply = {"ok": False, "error": f"{msg['op']} failed: {exc}"}
-        if "id" in msg:
-            reply["id"] = msg["id"]
-        self._reply(envelope, reply)
+        self._reply(envelope, msg, reply)
         self._recheck()
 
     def _op_publish(self, msg: dict[str, Any]) -> dict[str, Any]:

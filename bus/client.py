@@ -194,8 +194,7 @@ class Publisher:
 
     async def emit(self, event: Event) -> None:
         """Queue one event; waits while the window of unacknowledged batches is full."""
-        if self._watchdog is None:
-            self._watchdog = asyncio.create_task(self._resend_loop(), name="publisher-resend")
+        self._ensure_watchdog()
         while not self._space.is_set():
             await self._space.wait()
         if not event.get("event_id"):
@@ -208,6 +207,10 @@ class Publisher:
             self._send_all()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.linger, self._send_all)
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._resend_loop(), name="publisher-resend")
 
     def _send_all(self) -> None:
         """Send what is buffered, as far as the window allows (the rest goes when acks come)."""
@@ -256,8 +259,8 @@ class Publisher:
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued event is acknowledged; return False if ``timeout`` ran out."""
-        if self._watchdog is None and self.buffer:
-            self._watchdog = asyncio.create_task(self._resend_loop(), name="publisher-resend")
+        if self.buffer:
+            self._ensure_watchdog()
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.pending():
             self._send_all()
@@ -364,6 +367,15 @@ class Subscriber:
             end = min(end, reply.get("head", end))
         return out
 
+    async def _catch_up(self, kind: str, end: int) -> list[Delivery]:
+        """Replay ``next[kind]..end`` from the broker; return what is new, advancing ``next``."""
+        if end < self.next[kind]:
+            return []
+        out = [d for d in await self._replay(kind, self.next[kind], end) if d.seq >= self.next[kind]]
+        if out:
+            self.next[kind] = out[-1].seq + 1
+        return out
+
     async def _progress(self, force: bool = False) -> None:
         """Report what was handled (at most every ``progress_interval``) and learn the head."""
         now = time.monotonic()
@@ -386,10 +398,8 @@ class Subscriber:
         if not self.next:
             await self.start()
         for kind in self.kinds:
-            for d in await self._replay(kind, self.next[kind], self.head.get(kind, 0)):
-                if d.seq >= self.next[kind]:
-                    self.next[kind] = d.seq + 1
-                    yield d
+            for d in await self._catch_up(kind, self.head.get(kind, 0)):
+                yield d
         shadow: zmq.Socket[bytes] = zmq.Socket.shadow(self.sub.underlying)
         while True:
             batch: list[list[bytes]] = []
@@ -410,23 +420,18 @@ class Subscriber:
                 self.stats["received"] += len(events)
                 if first > self.next[kind]:
                     self.stats["gaps"] += 1
-                    for d in await self._replay(kind, self.next[kind], first - 1):
-                        if d.seq >= self.next[kind]:
-                            self.next[kind] = d.seq + 1
-                            yield d
+                    for d in await self._catch_up(kind, first - 1):
+                        yield d
                 for i, event in enumerate(events):
                     seq = first + i
                     if seq >= self.next[kind]:
                         self.next[kind] = seq + 1
                         yield Delivery(kind, seq, event)
             await self._progress()
-            if not batch:
+            if not batch:  # quiet: fetch what the PUB socket may have dropped at the end of a burst
                 for kind in self.kinds:
-                    if self.head.get(kind, 0) >= self.next[kind]:
-                        for d in await self._replay(kind, self.next[kind], self.head[kind]):
-                            if d.seq >= self.next[kind]:
-                                self.next[kind] = d.seq + 1
-                                yield d
+                    for d in await self._catch_up(kind, self.head.get(kind, 0)):
+                        yield d
 
     async def report(self) -> None:
         """Report progress now (at shutdown, so a restart resumes exactly here)."""

@@ -1,9 +1,8 @@
 """Test receiver: appends one JSON line per event it handles to the file in option ``out``."""
 
-import asyncio
 import json
 
-from tag import stall_once
+from tag import misbehave
 
 from bus.plugin import Receiver, run
 
@@ -15,11 +14,7 @@ class Recorder(Receiver):
         self.out = open(self.options["out"], "a", buffering=1)
 
     async def handle(self, event):
-        delay = self.options.get("delay", 0)
-        if delay:
-            await asyncio.sleep(delay)
-        await stall_once(self, self.handled)
-        self.handled += 1
+        await misbehave(self)
         self.out.write(json.dumps({"id": event["event_id"], "type": event["event_type"],
                                    "raw_id": event["extensions"].get("raw_id"),
                                    "parser": event["extensions"].get("parser"), "source": event["source"],
