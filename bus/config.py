@@ -23,6 +23,7 @@ from bus.protocol import IPC_PATH_MAX
 
 __all__ = [
     "PLUGIN_TYPES",
+    "SDK_OPTIONS",
     "Config",
     "MainConfig",
     "Option",
@@ -82,6 +83,12 @@ def _toml_type(value: Any) -> str:
     return _toml_type_name(type(value)) if not isinstance(value, (list, dict)) else _toml_type_name(
         list if isinstance(value, list) else dict)
 
+
+SDK_OPTIONS: dict[str, Option] = {
+    "flood_window": Option((int, float), 0.0, "receivers: seconds in which repeats of one (event_type, device) "
+                                               "are collapsed into the first event plus a count (0: off)"),
+}
+"""Options every receiver takes, built-in or not: the SDK implements them."""
 
 _MAIN_OPTIONS: dict[str, Option] = {
     "runtime_dir": Option(str, None, "where the ipc:// sockets live"),
@@ -309,10 +316,13 @@ def _build_plugin(name: str, table: dict[str, Any], file: str) -> PluginConfig:
         raise ConfigError(file, f"{key}.enabled", "must be a boolean")
     if "filter" in table and ptype == "collector":
         raise ConfigError(file, f"{key}.filter", "collectors take no filter (they produce, not consume)")
-    try:
-        flt = Filter.parse(table.get("filter"), default_kinds=_DEFAULT_KINDS.get(ptype))
-    except FilterError as exc:
-        raise _nested_error(file, key, exc) from None
+    for opt_key, opt in SDK_OPTIONS.items():
+        if opt_key in table:
+            if ptype != "receiver":
+                raise ConfigError(file, f"{key}.{opt_key}", "only receivers take this option")
+            reason = opt.check(table[opt_key])
+            if reason:
+                raise ConfigError(file, f"{key}.{opt_key}", reason)
     exec_argv: tuple[str, ...] | None = None
     if argv is not None:
         if isinstance(argv, str):
@@ -328,6 +338,14 @@ def _build_plugin(name: str, table: dict[str, Any], file: str) -> PluginConfig:
             raise ConfigError(file, f"{key}.builtin",
                               f"no built-in {ptype} {builtin!r} (built-in {ptype}s: {', '.join(known) or 'none'})")
         _check_builtin_options(file, key, ptype, builtin, table)
+    spec = table.get("filter")
+    if spec is None and builtin is not None:
+        # a built-in parser knows which raw events it understands, so its table may omit the filter
+        spec = getattr(importlib.import_module(builtin_module(ptype, builtin)), "FILTER", None)
+    try:
+        flt = Filter.parse(spec, default_kinds=_DEFAULT_KINDS.get(ptype))
+    except FilterError as exc:
+        raise _nested_error(file, key, exc) from None
     return PluginConfig(name=name, type=ptype, table=dict(table), file=file, builtin=builtin,
                         exec=exec_argv, filter=flt, enabled=enabled)
 
@@ -336,11 +354,11 @@ def _check_builtin_options(file: str, key: str, ptype: str, builtin: str, table:
     module = importlib.import_module(builtin_module(ptype, builtin))
     options: dict[str, Option] = getattr(module, "OPTIONS", {})
     for opt_key, value in table.items():
-        if opt_key in _RESERVED:
+        if opt_key in _RESERVED or opt_key in SDK_OPTIONS:
             continue
         opt = options.get(opt_key)
         if opt is None:
-            allowed = ", ".join([*_RESERVED, *options]) if options else ", ".join(_RESERVED)
+            allowed = ", ".join([*_RESERVED, *(SDK_OPTIONS if ptype == "receiver" else ()), *options])
             raise ConfigError(file, f"{key}.{opt_key}", f"unknown key for built-in {ptype} {builtin!r} "
                                                          f"(allowed: {allowed})")
         reason = opt.check(value)
@@ -368,5 +386,5 @@ def plugin_options(plugin_type: str, builtin: str, table: dict[str, Any]) -> dic
     module = importlib.import_module(builtin_module(plugin_type, builtin))
     options: dict[str, Option] = getattr(module, "OPTIONS", {})
     values = {k: o.default for k, o in options.items() if o.default is not _REQUIRED}
-    values.update({k: v for k, v in table.items() if k not in _RESERVED})
+    values.update({k: v for k, v in table.items() if k not in _RESERVED and k not in SDK_OPTIONS})
     return values

@@ -26,6 +26,8 @@ import os
 import signal
 import socket
 import sys
+import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,7 +37,7 @@ import zmq.asyncio
 
 from bus import protocol
 from bus.client import ControlClient, Publisher, Subscriber
-from bus.config import plugin_options
+from bus.config import SDK_OPTIONS, plugin_options
 from bus.event import KINDS, Event, new_event
 from bus.filter import Filter
 from bus.log import configure, get_logger
@@ -78,7 +80,7 @@ class Plugin:
             self.options = plugin_options(self.type, builtin, self.config)
         else:
             self.options = {k: v for k, v in self.config.items()
-                            if k not in ("type", "builtin", "exec", "filter", "enabled")}
+                            if k not in ("type", "builtin", "exec", "filter", "enabled") and k not in SDK_OPTIONS}
         self.hostname = env.get("BUS_HOSTNAME") or socket.gethostname()
         self.log = get_logger().bind(plugin=self.name)
         self.ctx = zmq.asyncio.Context.instance()
@@ -146,14 +148,38 @@ class Parser(Plugin):
     ``handle`` may be a plain or an ``async`` method and returns ``None``, one event or an iterable
     of events. Their ids are derived from the input's, and they are sent together with the
     acknowledgement of the input, so a parser killed mid-stream neither loses nor duplicates output.
+
+    A parser that correlates several inputs into one output (the lines of one SCSI failure)
+    overrides :meth:`hold` to keep the inputs of an open group unacknowledged, so they are
+    delivered again if it dies, and :meth:`tick` to close groups that timed out.
     """
 
     type = "parser"
     window: ClassVar[int] = 1000
+    tick_interval: ClassVar[float | None] = None
+    """Seconds between calls of :meth:`tick` (``None``: never)."""
+
+    delivery: int = 0
+    """The number of the delivery being handled (what :meth:`hold` returns)."""
 
     def handle(self, event: Event) -> HandleResult | Any:
         """Return the synthetic events that ``event`` gives (``None`` for none)."""
         raise NotImplementedError
+
+    def hold(self) -> int | None:
+        """Return the :attr:`delivery` of the oldest input whose outputs are not out yet (``None``: none).
+
+        That delivery and every later one stay unacknowledged.
+        """
+        return None
+
+    def tick(self, now: float) -> HandleResult | Any:
+        """Return events for state that timed out (called every :attr:`tick_interval` seconds).
+
+        Their ``event_id`` is kept as given: derive it (:func:`derive_id`) from the inputs so a
+        redelivery after a crash yields the same id, which the broker then drops as a duplicate.
+        """
+        return None
 
     async def main(self) -> None:
         """Receive deliveries, handle each event, and acknowledge them with the outputs."""
@@ -165,31 +191,57 @@ class Parser(Plugin):
         is_async = inspect.iscoroutinefunction(handle)
         name = self.name
         hostname = self.hostname
+        interval = self.tick_interval
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval if interval else float("inf")
+        unacked: deque[int] = deque()
+        acked = 0
+        outputs: list[Event] = []
+
+        def collect(result: Any, parent_id: str | None) -> None:
+            if result is None:
+                return
+            items = [result] if isinstance(result, dict) else list(result)
+            for index, out in enumerate(items):
+                if parent_id is not None:
+                    out["event_id"] = derive_id(parent_id, name, index)
+                out["kind"] = "synthetic"
+                # validated by the broker, which logs and counts a bad one under this plugin
+                out.setdefault("hostname", hostname)
+                outputs.append(out)
+
         try:
             while True:
-                msg = protocol.unpackb(await sock.recv())
-                if msg.get("op") == "error":
-                    self.log.error("broker_refused", error=msg.get("error"))
-                    return
-                if msg.get("op") != "events":
-                    continue
-                outputs: list[Event] = []
-                for event in msg["events"]:
+                if interval and not await sock.poll(max(0.0, next_tick - loop.time()) * 1000):
+                    msg = None
+                else:
+                    msg = protocol.unpackb(await sock.recv())
+                    if msg.get("op") == "error":
+                        self.log.error("broker_refused", error=msg.get("error"))
+                        return
+                    if msg.get("op") != "events":
+                        continue
+                    self.delivery = msg["upto"]
+                    unacked.append(self.delivery)
+                    for event in msg["events"]:
+                        try:
+                            result = await handle(event) if is_async else handle(event)  # type: ignore[misc]
+                            collect(result, event.get("event_id", ""))
+                        except Exception:
+                            self.log.exception("handle_failed", event_id=event.get("event_id"))
+                if interval and loop.time() >= next_tick:
+                    next_tick = loop.time() + interval
                     try:
-                        result = await handle(event) if is_async else handle(event)  # type: ignore[misc]
+                        collect(self.tick(time.time()), None)
                     except Exception:
-                        self.log.exception("handle_failed", event_id=event.get("event_id"))
-                        continue
-                    if result is None:
-                        continue
-                    items = [result] if isinstance(result, dict) else list(result)
-                    for index, out in enumerate(items):
-                        out["event_id"] = derive_id(event.get("event_id", ""), name, index)
-                        out["kind"] = "synthetic"
-                        # validated by the broker, which logs and counts a bad one under this plugin
-                        out.setdefault("hostname", hostname)
-                        outputs.append(out)
-                await sock.send(protocol.packb({"op": "ack", "upto": msg["upto"], "events": outputs}))
+                        self.log.exception("tick_failed")
+                held = self.hold()
+                upto = acked
+                while unacked and (held is None or unacked[0] < held):
+                    upto = unacked.popleft()
+                if upto != acked or outputs:
+                    await sock.send(protocol.packb({"op": "ack", "upto": upto, "events": outputs}))
+                    acked, outputs = upto, []
         finally:
             sock.close()
 
