@@ -210,7 +210,8 @@ class KernelParser(Parser):
 
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
-        self.sysfs = Sysfs(self.options.get("sysfs_root", "/sys"), self.options.get("dev_root", "/dev"))
+        self.sysfs = Sysfs(str(self.path(self.options.get("sysfs_root", "/sys"))),
+                           str(self.path(self.options.get("dev_root", "/dev"))))
         self.groups = Correlator(self.correlation_window)
         if self.correlation_window:
             self.tick_interval = min(0.25, self.correlation_window / 2)  # type: ignore[misc]
