@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
+import zmq.asyncio
 from conftest import Bus, wait_for
 
-from bus.event import Event
+from bus import protocol
+from bus.client import ControlClient, Publisher
+from bus.event import Event, new_event
 from collectors.kmsg import (
     MAX_RECORD,
     Assembler,
@@ -179,6 +183,39 @@ def test_lines_split_across_reads_and_drop_overlong_lines() -> None:
     lines.reset()
     assert [(b.kind, b.line) for b in bad] == [("too_long", 2), ("truncated", 4)]
     assert lines.feed(b"6,5,1,-;five\n") == [(1, b"6,5,1,-;five")]
+
+
+def test_publisher_reports_acknowledged_events_in_emission_order(tmp_path: Path) -> None:
+    """Acknowledgements that arrive out of order are handed on only once everything before them is in."""
+    async def scenario() -> list[list[str]]:
+        ctx = zmq.asyncio.Context()
+        router = ctx.socket(zmq.ROUTER)
+        endpoint = f"ipc://{tmp_path}/control.sock"
+        router.bind(endpoint)
+        client = ControlClient(endpoint, ctx)
+        publisher = Publisher(client, "p", min_batch=1)
+        released: list[list[str]] = []
+        publisher.on_acked = lambda events: released.append([e["msg"] for e in events])
+        for msg in ("one", "two", "three"):
+            await publisher.emit(new_event("t", "T", msg))
+        requests = [await router.recv_multipart() for _ in range(3)]
+        for answered, index in enumerate((2, 0, 1), 1):  # the broker answers the third request first
+            ident, payload = requests[index][0], protocol.unpackb(requests[index][-1])
+            await router.send_multipart([ident, protocol.packb({"id": payload["id"], "ok": True, "accepted": 1})])
+            await asyncio.wait_for(_until(lambda n=answered: publisher.pending() == 3 - n), 5)
+            released.append(["|"])
+        await publisher.close(0)
+        client.close()
+        router.close(0)
+        ctx.term()
+        return released
+
+    assert asyncio.run(scenario()) == [["|"], ["one"], ["|"], ["two"], ["three"], ["|"]]
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.005)
 
 
 # -- the collector without busd ---------------------------------------------------------------------
