@@ -47,6 +47,7 @@ from pathlib import Path
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import Collector, derive_id, run
+from collectors._io import readable
 
 OPTIONS = {
     "path": Option(str, "/dev/kmsg", "the kernel log device, or a regular file or FIFO of records in its text format"),
@@ -251,25 +252,6 @@ class Lines:
         if self.partial and not self.drop_rest:
             self.on_bad(Bad("truncated", "the file ended in the middle of this line", self.number + 1))
         self.partial, self.number, self.drop_rest = b"", 0, False
-
-
-async def readable(fd: int, timeout: float | None = None) -> bool:
-    """Wait until ``fd`` is readable (``False`` if ``timeout`` seconds pass first)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    loop.add_reader(fd, ready)
-    try:
-        await asyncio.wait_for(fut, timeout)
-        return True
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(fd)
 
 
 def boot_id() -> str:
