@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
-from conftest import Bus, wait_for
+from conftest import ROOT, Bus, wait_for
 
-from bus import protocol
+from bus import config, protocol
 from bus.client import ControlClient, Publisher
 from bus.event import Event, new_event
 from collectors.kmsg import (
@@ -34,7 +34,7 @@ from collectors.kmsg import (
     unescape,
 )
 
-SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "samples" / "kmsg-scsi-cascade.kmsg"
+SAMPLE = ROOT.parent / "shared" / "samples" / "kmsg-scsi-cascade.kmsg"
 BOOT_TIME = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
@@ -426,3 +426,18 @@ def test_live_dev_kmsg(bus: Bus) -> None:
     assert (ext["level"], ext["facility"]) == (3, 1)
     assert abs(event["timestamp"] - time.time()) < 10
     assert ext["seq"] > 0 and ext["usec"] > 0
+
+
+def test_example_configuration_blocks_are_valid(tmp_path: Path) -> None:
+    """The commented-out kmsg and udev tables of conf/busd.toml load once uncommented."""
+    lines = (ROOT / "conf" / "busd.toml").read_text().splitlines()
+    blocks = []
+    for name in ("kmsg", "udev"):
+        start = lines.index(f"# [plugins.{name}]")
+        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("# "))
+        blocks += [line[2:] for line in lines[start:end]]
+    conf = tmp_path / "busd.toml"
+    conf.write_text("\n".join(blocks) + "\n")
+    loaded = config.load(conf)
+    assert {n: p.builtin for n, p in loaded.plugins.items()} == {"kmsg": "kmsg", "udev": "udev"}
+    assert loaded.plugins["kmsg"].table["path"] == "/dev/kmsg"
