@@ -165,6 +165,11 @@ class Publisher:
         ack_timeout: seconds before an unacknowledged request is sent again.
         min_batch: events that make a batch worth sending at once.
         linger: seconds the first event of a smaller batch may wait for company.
+
+    Attributes:
+        on_acked: when set, called with the events of each acknowledged request, in the order
+            they were emitted, and only once every event emitted before them is acknowledged too
+            (a producer that records how far it got, such as ``kmsg``, keeps that in its state).
     """
 
     def __init__(self, client: ControlClient, plugin: str, *, batch: int = 500, window: int = 8,
@@ -184,6 +189,8 @@ class Publisher:
         self._space.set()
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self.on_acked: Callable[[list[Event]], None] | None = None
+        self._acked_early: dict[int, list[Event]] = {}
         client.on_pending = self._on_pending
 
     def _on_pending(self, rid: int) -> None:
@@ -235,10 +242,20 @@ class Publisher:
         for index, reason in reply.get("rejected", []):
             self.rejected.append((index, reason))
             log.warning("event_rejected", plugin=self.plugin, reason=reason)
+        if self.on_acked is not None:
+            self._release_acked(rid, item[0]["events"])
         if len(self.buffer) >= self.min_batch:  # smaller remainders wait for their linger timer
             self._send_all()
         if len(self.inflight) < self.window:
             self._space.set()
+
+    def _release_acked(self, rid: int, events: list[Event]) -> None:
+        """Hand acknowledged events to :attr:`on_acked` once no older request is still in flight."""
+        assert self.on_acked is not None
+        self._acked_early[rid] = events
+        oldest = next(iter(self.inflight), None)  # request ids grow, and inflight keeps sending order
+        for done in sorted(r for r in self._acked_early if oldest is None or r < oldest):
+            self.on_acked(self._acked_early.pop(done))
 
     async def _resend_loop(self) -> None:
         """Resend everything unacknowledged (on a fresh socket) when the oldest waited too long."""

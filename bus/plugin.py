@@ -94,6 +94,13 @@ class Plugin:
             self._control = ControlClient(self.env["BUS_CONTROL"], self.ctx)
         return self._control
 
+    @property
+    def publisher(self) -> Publisher:
+        """The acknowledged publisher behind :meth:`emit`, created on first use."""
+        if self._publisher is None:
+            self._publisher = Publisher(self.control, self.name)
+        return self._publisher
+
     def path(self, value: str) -> Path:
         """Resolve a path option: relative paths are relative to the file that configures the plugin."""
         return Path(self.env.get("BUS_CONFIG_DIR", ".")) / value
@@ -106,9 +113,7 @@ class Plugin:
 
     async def emit(self, event: Event) -> None:
         """Publish an event, acknowledged by the broker (resent if busd restarts)."""
-        if self._publisher is None:
-            self._publisher = Publisher(self.control, self.name)
-        await self._publisher.emit(event)
+        await self.publisher.emit(event)
 
     async def setup(self) -> None:
         """Called once before the plugin starts working; override to open files or sockets."""
