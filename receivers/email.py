@@ -174,9 +174,9 @@ class Digest:
     hostnames: set[str] = field(default_factory=set)
 
     def add(self, event: Event) -> None:
-        """Count one event (a flood-control summary counts for the events it stands for)."""
+        """Count one event (a flood-control summary counts for the repeats it stands for)."""
         ext = event.get("extensions") or {}
-        n = int(ext.get("flood_count", 0)) + 1 if ext.get("flood_summary") else 1
+        n = int(ext.get("flood_count", 1)) if ext.get("flood_summary") else 1
         ts = event.get("timestamp", 0.0)
         if not self.total:
             self.first_ts = ts

@@ -158,10 +158,10 @@ def test_digest_counts_are_bounded() -> None:
     for i in range(1500):
         digest.add(io_error(f"d{i}"))
     digest.add(io_error("d0", extensions={"flood_summary": True, "flood_count": 99}))
-    assert digest.total == 1600 and len(digest.listed) == 3 and digest.counts[("BLK_IO_ERROR", "d0")] == 101
+    assert digest.total == 1599 and len(digest.listed) == 3 and digest.counts[("BLK_IO_ERROR", "d0")] == 100
     assert len(digest.counts) == 1001 and digest.counts[("(other types and devices)", "")] == 500
-    assert digest.subject().startswith("[busd] digest: 1600 events on node1 (500 (other types and devices)")
-    assert "      101  BLK_IO_ERROR" in digest.body(60)
+    assert digest.subject().startswith("[busd] digest: 1599 events on node1 (500 (other types and devices)")
+    assert "      100  BLK_IO_ERROR" in digest.body(60)
 
 
 def test_auth_login_and_wrong_password(tmp_path: Path, cert: tuple[Path, Path]) -> None:
@@ -286,3 +286,16 @@ def test_starttls_and_auth_with_password_file(bus: Bus, cert: tuple[Path, Path])
         (mail,) = server.mails
         assert mail.tls and mail.authenticated and server.mechanisms == ["PLAIN"]
         assert mail.message["Subject"] == "[busd] warn LVM_THIN_POOL_FULL on testhost vg/pool"
+
+
+def test_digest_is_sent_at_shutdown(bus: Bus, smtp: SmtpServer) -> None:
+    """Events collected in a window still open when the receiver stops are mailed, not lost."""
+    _mail_bus(bus, smtp.port, digest_window=600)
+    bus.emit([ev("block", "BLK_IO_ERROR", f"I/O error {i}", severity="error", dev_name="sdb", kind="synthetic")
+              for i in range(3)])
+    wait_for(lambda: smtp.mails and bus.plugin("mail")["events_out"] == 3, what="the first mail, 3 events handled")
+    assert len(smtp.mails) == 1
+    rc, _ = bus.stop()
+    assert rc == 0
+    wait_for(lambda: len(smtp.mails) == 2, what="the digest mailed at shutdown")
+    assert smtp.mails[1].message["Subject"] == "[busd] digest: 2 events on testhost (2 BLK_IO_ERROR sdb)"

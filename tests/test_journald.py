@@ -219,3 +219,18 @@ def test_journald_down_at_start_then_up(bus: Bus) -> None:
         assert sink.entries[-1]["MESSAGE"] == "after" and len(sink.entries) == 6
     finally:
         sink.close()
+
+
+def test_commented_examples_in_shipped_config_are_valid(tmp_path: Path) -> None:
+    """The commented journald and email tables of conf/busd.toml load once uncommented."""
+    text = (Path(__file__).resolve().parent.parent / "conf" / "busd.toml").read_text()
+    blocks = []
+    for name in ("journal", "mail"):
+        block = re.search(rf"^# \[plugins\.{name}\]\n(?:#.*\n)+", text, re.M)
+        assert block, name
+        blocks.append(re.sub(r"^# ?", "", block.group(0), flags=re.M))
+    conf = tmp_path / "busd.toml"
+    conf.write_text("\n".join(blocks))
+    config = load(conf)
+    assert config.plugins["journal"].builtin == "journald" and config.plugins["mail"].builtin == "email"
+    assert config.plugins["journal"].table["flood_window"] == 10
