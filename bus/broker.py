@@ -702,9 +702,14 @@ class Broker:
             out["events_out"] = int(state.stats.get("handled", 0))
             out["replayed"] = int(state.stats.get("replayed", 0))
             # gaps: publications the PUB socket dropped for this slow receiver (then replayed)
-            for reason, key in (("lost", "lost"), ("failed", "failed"), ("gaps", "publish_gaps")):
+            # flood_suppressed: repeats the SDK's flood control collapsed into a summary event
+            for reason, key in (("lost", "lost"), ("failed", "failed"), ("gaps", "publish_gaps"),
+                                ("flood_suppressed", "flood_suppressed")):
                 if state.stats.get(reason):
                     out["dropped"][key] = state.stats[reason]
+            counters = state.stats.get("counters")
+            if isinstance(counters, dict) and counters:
+                out["counters"] = dict(counters)
         return out
 
     def status(self) -> dict[str, Any]:

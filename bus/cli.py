@@ -362,6 +362,7 @@ def status(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--j
         lag = p.get("lag", p.get("delivery", {}).get("pending", ""))
         typer.echo(f"{p['name']:20} {p['type']:9} {p['state']:10} {p['pid'] or '-':>7} {p['restarts']:>8} "
                    f"{p['events_in']:>9} {p['events_out']:>9} {lag!s:>6}  {_drops(p['dropped'])}"
+                   + (f"  [{_drops(p['counters'])}]" if p.get("counters") else "")
                    + (f"  ({p['last_exit']})" if p["state"] in ("failed", "restarting") and p["last_exit"] else ""))
     for name, c in b["outside_producers"].items():
         typer.echo(f"{name:20} {'producer':9} {'-':10} {'-':>7} {'-':>8} {c['events_in']:>9} {'-':>9} {'':>6}  "

@@ -40,6 +40,7 @@ from bus.client import ControlClient, Publisher, Subscriber
 from bus.config import SDK_OPTIONS, plugin_options
 from bus.event import KINDS, Event, new_event
 from bus.filter import Filter
+from bus.flood import FloodControl
 from bus.log import configure, get_logger
 
 __all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run"]
@@ -257,6 +258,13 @@ class Receiver(Plugin):
     Events arrive in order, filtered by the plugin's ``filter`` (default: synthetic events), and
     after a restart the receiver resumes where it stopped (events still in the broker's replay
     buffer are delivered; what fell out arrives as one ``BUS_EVENTS_LOST`` event).
+
+    With ``flood_window`` set in the plugin's table, repeats of one ``(event_type, device)`` within
+    that many seconds reach :meth:`handle` as the first event plus one summary (see
+    :class:`bus.flood.FloodControl`).
+
+    Attributes:
+        counters: the receiver's own counters (name to number), shown by ``busctl status``.
     """
 
     type = "receiver"
@@ -265,30 +273,78 @@ class Receiver(Plugin):
         super().__init__(env)
         self.filter = Filter.parse(self.config.get("filter"), default_kinds=("synthetic",))
         self.subscriber: Subscriber | None = None
+        self.counters: dict[str, int] = {}
+        self._is_async = inspect.iscoroutinefunction(self.handle)
+        window = self.config.get("flood_window") or 0
+        self.flood: FloodControl | None = None
+        if window > 0:
+            self.flood = FloodControl(window, clock=lambda: asyncio.get_running_loop().time())
 
     def handle(self, event: Event) -> Any:
         """Act on one event (plain or ``async``); an exception is logged and counted, not fatal."""
         raise NotImplementedError
 
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` (``busctl status`` shows the counters)."""
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    async def _handle(self, event: Event, stats: dict[str, Any]) -> None:
+        try:
+            if self._is_async:
+                await self.handle(event)
+            else:
+                self.handle(event)
+        except Exception:
+            stats["failed"] += 1
+            self.log.exception("handle_failed", event_id=event.get("event_id"))
+
     async def main(self) -> None:
         """Subscribe and hand every matching event to :meth:`handle`."""
         kinds = tuple(k for k in KINDS if self.filter.wants_kind(k))
         self.subscriber = sub = Subscriber(self.env["BUS_EVENTS"], self.control, kinds, plugin=self.name)
+        sub.stats["counters"] = self.counters
         match = self.filter.match
-        handle = self.handle
-        is_async = inspect.iscoroutinefunction(handle)
-        async for delivery in sub:
-            event = delivery.event
-            if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
-                try:
-                    if is_async:
-                        await handle(event)
-                    else:
-                        handle(event)
-                except Exception:
-                    sub.stats["failed"] += 1
-                    self.log.exception("handle_failed", event_id=event.get("event_id"))
-            sub.done(delivery)
+        handle = self._handle
+        stats = sub.stats
+        flood = self.flood
+        if flood is None:
+            async for delivery in sub:
+                event = delivery.event
+                if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
+                    await handle(event, stats)
+                sub.done(delivery)
+            return
+        # summaries are handed on from a timer too: the lock keeps handle() calls one at a time
+        lock = asyncio.Lock()
+        stats["flood_suppressed"] = 0
+        timer = asyncio.create_task(self._flood_timer(flood, lock, stats), name="flood-timer")
+        try:
+            async for delivery in sub:
+                event = delivery.event
+                if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
+                    for out in flood.offer(event):
+                        async with lock:
+                            await handle(out, stats)
+                    stats["flood_suppressed"] = flood.suppressed
+                sub.done(delivery)
+        finally:
+            timer.cancel()
+            # open windows are closed at once: their counts would be lost with the process
+            for out in flood.flush():
+                await handle(out, stats)
+
+    async def _flood_timer(self, flood: FloodControl, lock: asyncio.Lock, stats: dict[str, Any]) -> None:
+        """Hand on the summaries of windows that ended, even when no further event arrives."""
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = flood.next_deadline()
+            # a window opened while sleeping a whole window ends after this wake-up, never before
+            await asyncio.sleep(flood.window if deadline is None else max(0.0, deadline - loop.time()))
+            summaries = flood.expire(loop.time())
+            if summaries:
+                async with lock:
+                    for out in summaries:
+                        await self._handle(out, stats)
 
     async def close(self) -> None:
         """Report final progress, then close."""

@@ -18,7 +18,9 @@ class Recorder(Receiver):
         self.out.write(json.dumps({"id": event["event_id"], "type": event["event_type"],
                                    "raw_id": event["extensions"].get("raw_id"),
                                    "parser": event["extensions"].get("parser"), "source": event["source"],
-                                   "severity": event["severity"], "system": event["system"]}) + "\n")
+                                   "severity": event["severity"], "system": event["system"],
+                                   "dev_name": event["dev_name"], "msg": event["msg"],
+                                   "ext": event["extensions"]}) + "\n")
 
     async def teardown(self):
         self.out.close()
