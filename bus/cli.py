@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -387,6 +388,25 @@ def reload(config: ConfigOpt = None) -> None:
     reply = _ctl(config, {"op": "reload"}, timeout=30)
     typer.echo(f"reloaded: added {reply['added'] or '-'}, removed {reply['removed'] or '-'}, "
                f"restarted {reply['restarted'] or '-'}")
+
+
+def plugin_statuses(config: str | None, builtin: str) -> list[dict[str, Any]]:
+    """Return the status files (``Plugin.write_status``) of the configured instances of a built-in.
+
+    For ``busctl`` subcommands of receivers (``busctl promoter status``...); an instance that has
+    not written one yet is listed with ``{"plugin": NAME, "missing": true}``.
+    """
+    cfg = _load(config or _ctl_options["config"])
+    out = []
+    for name, plugin in cfg.plugins.items():
+        if plugin.builtin != builtin:
+            continue
+        path = Path(cfg.main.runtime_dir) / "status" / f"{name}.json"
+        try:
+            out.append(dict(json.loads(path.read_text())))
+        except (OSError, ValueError):
+            out.append({"plugin": name, "missing": True})
+    return out
 
 
 def busctl() -> None:

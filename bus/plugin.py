@@ -43,7 +43,7 @@ from bus.filter import Filter
 from bus.flood import FloodControl
 from bus.log import configure, get_logger
 
-__all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run"]
+__all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run", "write_atomic"]
 
 HandleResult = Event | Iterable[Event] | None
 
@@ -55,6 +55,14 @@ def derive_id(parent_id: str, plugin: str, index: int) -> str:
     """
     x = hashlib.blake2b(f"{parent_id}/{plugin}/{index}".encode(), digest_size=16).hexdigest()
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{x[16:20]}-{x[20:]}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temporary file + rename), creating its directory."""
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class Plugin:
@@ -105,6 +113,25 @@ class Plugin:
     def path(self, value: str) -> Path:
         """Resolve a path option: relative paths are relative to the file that configures the plugin."""
         return Path(self.env.get("BUS_CONFIG_DIR", ".")) / value
+
+    def state_file(self, kind: str = "state") -> Path | None:
+        """Return ``$BUS_RUNTIME_DIR/<kind>/<plugin>.json`` (``None`` outside busd).
+
+        ``state`` keeps what a plugin needs after a restart; ``status`` is what it shows to
+        ``busctl`` (see :meth:`write_status`).
+        """
+        runtime_dir = self.env.get("BUS_RUNTIME_DIR")
+        return Path(runtime_dir) / kind / f"{self.name}.json" if runtime_dir else None
+
+    def write_status(self, status: Mapping[str, Any]) -> None:
+        """Publish this plugin's own status for ``busctl`` (written atomically; errors are logged)."""
+        path = self.state_file("status")
+        if path is None:
+            return
+        try:
+            write_atomic(path, json.dumps({"plugin": self.name, "updated": time.time(), **status}, default=str))
+        except OSError as exc:
+            self.log.warning("status_write_failed", path=str(path), error=str(exc))
 
     def event(self, system: str, event_type: str, msg: str = "", **fields: Any) -> Event:
         """Build an event from this plugin (``kind`` raw for collectors, synthetic otherwise)."""

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from bus.config import Option
 from bus.event import Event
-from bus.plugin import Collector, derive_id, run
+from bus.plugin import Collector, derive_id, run, write_atomic
 from collectors._io import readable
 
 OPTIONS = {
@@ -271,8 +271,7 @@ class Kmsg(Collector):
         self.boot_id = boot_id()
         self.boot_time = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
         self.id_base = f"kmsg:{self.boot_id}:{self.source}"
-        runtime_dir = self.env.get("BUS_RUNTIME_DIR")
-        self.state_path = Path(runtime_dir) / "state" / f"{self.name}.json" if runtime_dir else None
+        self.state_path = self.state_file()
         self.last_seq: int | None = None
         """The newest record handled (emitted, or skipped as already emitted)."""
         self.acked_seq: int | None = None
@@ -313,11 +312,8 @@ class Kmsg(Collector):
         if self.state_path is None or self.acked_seq is None or self.acked_seq == self.saved_seq:
             return
         state = {"boot_id": self.boot_id, "path": str(self.source), "seq": self.acked_seq}
-        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
         try:
-            self.state_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, self.state_path)
+            write_atomic(self.state_path, json.dumps(state))
         except OSError as exc:
             self.problem("state_write_failed", path=str(self.state_path), error=str(exc))
             return
