@@ -31,7 +31,8 @@ KERNEL_FILTER = {"system": ["kmsg"], "kind": "raw"}
 
 _PREFIX = re.compile(
     r"^\s*(?:<\d{1,3}>)?"                                   # a printk level
-    r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ )?"       # syslog: "Apr 26 10:25:44 host "
+    r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ "  # syslog: "Apr 26 10:25:44 host "
+    r"|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ )?"  # "2024-05-02T11:20:31.1+02:00 host "
     r"(?:kernel: )?"
     r"(?:\[\s*\d+\.\d+\]\s?)?")                             # dmesg: "[ 6458.186093] "
 _CACHE_SECONDS = 30.0

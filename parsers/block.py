@@ -52,14 +52,14 @@ from parsers._kernel import KERNEL_FILTER, KERNEL_OPTIONS, KernelParser
 OPTIONS = {**KERNEL_OPTIONS}
 FILTER = KERNEL_FILTER
 
-REQUEST_ERROR = re.compile(
+_REQUEST_ERROR = re.compile(
     r"(?:(?P<function>end_request|blk_update_request|print_req_error|blk_print_req_error): )?"
-    r"(?P<error>[A-Za-z/ ]{1,40}? error), dev (?P<dev>[\w.:!-]+), sector (?P<sector>\d+)"
+    r"(?P<error>[A-Za-z/ ]{1,40}? error), dev (?P<dev>[\w.:!-]+), sector (?P<sector>\d+)(?=\s|$)"
     r"(?: op 0x(?P<op_code>[0-9a-f]+):\((?P<op>\w+)\))?"
     r"(?: flags (?P<flags>(?:0x)?[0-9a-f]+))?"
     r"(?: phys_seg (?P<phys_seg>\d+))?"
     r"(?: prio class (?P<prio_class>\d+))?")
-"""A request-level I/O error line (the whole cleaned line must match; the scsi parser uses it too)."""
+"""A request-level I/O error line, from its start (fields a later kernel may append are ignored)."""
 
 _BUFFER_ERROR = re.compile(
     r"Buffer I/O error on (?:device|dev) (?P<dev>[\w.:!-]+), logical block (?P<block>\d+)(?:, (?P<detail>.+))?")
@@ -83,7 +83,7 @@ class RequestError:
 
 def parse_request_error(line: str) -> RequestError | None:
     """Parse ``blk_update_request: I/O error, dev sdc, sector 10000 op 0x0:(READ) ...`` and its relatives."""
-    m = REQUEST_ERROR.fullmatch(line)
+    m = _REQUEST_ERROR.match(line)
     if m is None:
         return None
     details: dict[str, Any] = {}
@@ -139,7 +139,8 @@ class Block(KernelParser):
 
     def _event(self, raw: Event, kind: str, dev: str, error: str, where: str, ext: dict[str, Any]) -> Event:
         suppressed, self.suppressed[kind] = self.suppressed[kind], 0
-        msg = f"{dev}: {error}, {where}"
+        name = self.sysfs.name(dev) or dev
+        msg = f"{name if name == dev else f'{name} ({dev})'}: {error}, {where}"
         if suppressed:
             ext["suppressed"] = suppressed
             msg += f" ({suppressed} similar messages suppressed before)"
