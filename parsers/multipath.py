@@ -89,7 +89,7 @@ class Multipath(KernelParser):
     """dm-multipath path failures and reinstatements, deduplicated across their sources."""
 
     SYSTEM = "multipath"
-    KEYWORDS = ("ing path ", "checker ", "remaining active paths", "mark as failed", ": reinstated", "path is ")
+    KEYWORDS = ("ing path ", "checker ", "remaining active paths", "mark as failed", ": reinstated", " is down", " is up")
 
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
