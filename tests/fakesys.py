@@ -71,8 +71,10 @@ class FakeSys:
         return path
 
     def slaves(self, dm: str, *devices: str) -> None:
-        """Put ``devices`` (kernel names: the paths of a multipath map) under ``dm`` (``block/dm-0/slaves/sdd``,
-        and ``holders/dm-0`` on each device)."""
+        """Make ``devices`` (kernel names, e.g. the paths of a multipath map) the slaves of ``dm``.
+
+        Creates ``block/dm-0/slaves/sdd`` and, on each device, ``holders/dm-0``.
+        """
         holder = Path(os.path.realpath(self.sys / "block" / dm))
         (holder / "slaves").mkdir(exist_ok=True)
         for kname in devices:
