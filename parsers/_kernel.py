@@ -31,7 +31,8 @@ KERNEL_FILTER = {"system": ["kmsg"], "kind": "raw"}
 
 _PREFIX = re.compile(
     r"^\s*(?:<\d{1,3}>)?"                                   # a printk level
-    r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ )?"       # syslog: "Apr 26 10:25:44 host "
+    r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ "  # syslog: "Apr 26 10:25:44 host "
+    r"|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ )?"  # "2024-05-02T11:20:31.1+02:00 host "
     r"(?:kernel: )?"
     r"(?:\[\s*\d+\.\d+\]\s?)?")                             # dmesg: "[ 6458.186093] "
 _CACHE_SECONDS = 30.0
@@ -139,6 +140,31 @@ class Sysfs:
                 return " ".join(candidate.read_text(errors="replace").split())
         return ""
 
+    def slaves(self, dev: str) -> list[str]:
+        """Return the kernel names of the devices under ``dev`` (``/sys/block/dm-0/slaves``), sorted."""
+        try:
+            return sorted(p.name for p in (self.sys / "block" / self.kernel_name(dev) / "slaves").iterdir())
+        except OSError:
+            return []
+
+    def holder(self, dev: str) -> str:
+        """Return the kernel name of the device-mapper device that has ``dev`` among its slaves.
+
+        A multipath map (``dm/uuid`` ``mpath-...``) is preferred over other holders.
+        """
+        return self._cached("holder", dev, self._holder)
+
+    def _holder(self, dev: str) -> str:
+        kname = self.kernel_name(dev)
+        found = [dm for dm in self._dm_devices() if kname and (self.sys / "block" / dm / "slaves" / kname).exists()]
+        found.sort(key=lambda dm: not self._dm_uuid(dm).startswith("mpath-"))
+        return found[0] if found else ""
+
+    def scsi_disk(self, hctl: str) -> str:
+        """Return the kernel name of the disk of SCSI device ``H:C:T:L`` (``/sys/bus/scsi/devices/H:C:T:L/block``)."""
+        return self._cached("scsi_disk", hctl,
+                            lambda h: min(p.name for p in (self.sys / "bus" / "scsi" / "devices" / h / "block").iterdir()))
+
     def fs_uuid(self, dev: str) -> str:
         """Return the UUID of the filesystem on ``dev`` (from ``/dev/disk/by-uuid``)."""
         return self._cached("fs_uuid", dev, lambda d: self._by_link("by-uuid", self.kernel_name(d), ""))
@@ -212,9 +238,11 @@ class KernelParser(Parser):
         super().__init__(env)
         self.sysfs = Sysfs(str(self.path(self.options.get("sysfs_root", "/sys"))),
                            str(self.path(self.options.get("dev_root", "/dev"))))
-        self.groups = Correlator(self.correlation_window)
-        if self.correlation_window:
-            self.tick_interval = min(0.25, self.correlation_window / 2)  # type: ignore[misc]
+        # a parser that declares a "correlation_window" option lets the configuration change its default
+        window = float(self.options.get("correlation_window", self.correlation_window))
+        self.groups = Correlator(window)
+        if window:
+            self.tick_interval = min(0.25, window / 2)  # type: ignore[misc]
 
     def handle(self, event: Event) -> list[Event] | None:
         """Split the input into kernel lines and parse the ones that pass the prefilter."""
@@ -264,7 +292,8 @@ class KernelParser(Parser):
         name = wwid = ""
         if dev:
             ext["kernel_name"] = self.sysfs.kernel_name(dev)
-            name, wwid = self.sysfs.name(dev), self.sysfs.wwid(dev)
+            # a major:minor that sysfs does not know is still better than no name
+            name, wwid = self.sysfs.name(dev) or dev, self.sysfs.wwid(dev)
         ext.update(extensions)
         return self.event(self.SYSTEM, event_type, msg, severity=severity, dev_name=name, dev_wwid=wwid,
                           timestamp=raw.get("timestamp", time.time()), extensions=ext)

@@ -15,13 +15,14 @@ class FakeSys:
         fake.disk("sdf", "8:80", wwid="naa.6001405f1e2d3c4b")
         fake.partition("sdf", 1, "8:81", fs_uuid="0b1e...")
         fake.dm("dm-0", "253:0", name="mpatha", uuid="mpath-3600140...")
+        fake.slaves("dm-0", "sdf")   # sdf is a path of mpatha
         options = fake.options   # {"sysfs_root": ..., "dev_root": ...}
     """
 
     def __init__(self, root: Path) -> None:
         self.sys = root / "sys"
         self.dev = root / "dev"
-        for d in ("block", "class/block", "dev/block", "devices/virtual/block"):
+        for d in ("block", "class/block", "dev/block", "devices/virtual/block", "bus/scsi/devices"):
             (self.sys / d).mkdir(parents=True, exist_ok=True)
         for d in ("by-uuid", "by-id"):
             (self.dev / "disk" / d).mkdir(parents=True, exist_ok=True)
@@ -40,8 +41,10 @@ class FakeSys:
         return path
 
     def disk(self, kname: str, majmin: str, wwid: str = "", hctl: str = "0:0:0:0") -> Path:
-        """A SCSI disk ``kname`` with ``device/wwid`` (empty: no wwid file)."""
+        """A SCSI disk ``kname`` with ``device/wwid`` (empty: no wwid file), listed in ``bus/scsi/devices/HCTL``."""
         path = self._device(self.sys / "devices" / "scsi" / hctl / "block" / kname, kname, majmin)
+        _link(self.sys / "bus" / "scsi" / "devices" / hctl,
+              os.path.relpath(self.sys / "devices" / "scsi" / hctl, self.sys / "bus" / "scsi" / "devices"))
         (path / "device").mkdir(exist_ok=True)
         if wwid:
             (path / "device" / "wwid").write_text(wwid + "\n")
@@ -66,6 +69,19 @@ class FakeSys:
         (path / "dm" / "uuid").write_text(uuid + "\n")
         _link(self.sys / "block" / kname, os.path.relpath(path, self.sys / "block"))
         return path
+
+    def slaves(self, dm: str, *devices: str) -> None:
+        """Make ``devices`` (kernel names, e.g. the paths of a multipath map) the slaves of ``dm``.
+
+        Creates ``block/dm-0/slaves/sdd`` and, on each device, ``holders/dm-0``.
+        """
+        holder = Path(os.path.realpath(self.sys / "block" / dm))
+        (holder / "slaves").mkdir(exist_ok=True)
+        for kname in devices:
+            below = Path(os.path.realpath(self.sys / "class" / "block" / kname))
+            _link(holder / "slaves" / kname, os.path.relpath(below, holder / "slaves"))
+            (below / "holders").mkdir(exist_ok=True)
+            _link(below / "holders" / dm, os.path.relpath(holder, below / "holders"))
 
     def md(self, kname: str, majmin: str, uuid: str) -> Path:
         """An md array (``md0``) whose UUID is in ``/dev/disk/by-id/md-uuid-UUID``."""
