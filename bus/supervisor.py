@@ -125,9 +125,11 @@ class Supervisor:
         while not pp.stopping.is_set():
             pp.state = "starting"
             pp.started_at = time.time()
+            env = self.environment(pp.config)
             try:
+                # in the directory of its configuration file, like its relative path options
                 pp.proc = await asyncio.create_subprocess_exec(
-                    *pp.config.command(), env=self.environment(pp.config), stdin=asyncio.subprocess.DEVNULL,
+                    *pp.config.command(), env=env, cwd=env["BUS_CONFIG_DIR"], stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
                     preexec_fn=_die_with_parent, limit=_LINE_LIMIT)
             except OSError as exc:

@@ -18,7 +18,6 @@ def main() -> None:
     target = Path(sys.argv[1])
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("")
-    boot = time.monotonic()
     # sequence numbers grow across runs, like the kernel's within a boot: the collector keeps its
     # position in its state file and would skip numbers it has already seen
     seq = int(time.time() * 1000)
@@ -34,7 +33,7 @@ def main() -> None:
                     out.write(line + "\n")
                 else:
                     prio, _, _, rest = line.split(",", 3)
-                    usec = int((time.monotonic() - boot) * 1e6) + 1_000_000
+                    usec = int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1e6)  # as the kernel counts
                     out.write(f"{prio},{seq},{usec},{rest}\n")
                     seq += 1
                     out.flush()
