@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from bus.event import Event, new_event
 from bus.plugin import Parser
+from collectors.kmsg import Assembler, Bad
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
 BOOT = 1_700_000_000.0
@@ -24,19 +24,15 @@ def sample(name: str) -> str:
 
 
 def kmsg_events(text: str) -> list[Event]:
-    """Turn ``/dev/kmsg`` records (``prio,seq,usec,flags;msg`` and `` KEY=VALUE`` lines) into raw kmsg events."""
-    events: list[Event] = []
-    for line in text.splitlines():
-        if line.startswith(" ") and events and "=" in line:
-            key, _, value = line.strip().partition("=")
-            events[-1]["extensions"][key] = value
-            continue
-        head, _, msg = line.partition(";")
-        prio, seq, usec, flags = head.split(",")[:4]
-        msg = re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m[1], 16)), msg)
-        ext = {"level": int(prio) & 7, "facility": int(prio) >> 3, "seq": int(seq), "usec": int(usec), "flags": flags}
-        events.append(raw("kmsg", "KMSG", msg, BOOT + int(usec) / 1e6, ext))
-    return events
+    """Turn ``/dev/kmsg`` records into raw kmsg events, parsed by the kmsg collector's own code."""
+    def refuse(bad: Bad) -> None:
+        raise ValueError(f"bad kmsg test input at line {bad.line}: {bad.kind}: {bad.detail}")
+    assembler = Assembler(refuse)
+    records = [assembler.feed(line.encode(), n) for n, line in enumerate(text.splitlines(), 1)]
+    records.append(assembler.flush())
+    return [raw("kmsg", "KMSG", r.msg, BOOT + r.usec / 1e6,
+                {"level": r.level, "facility": r.facility, "seq": r.seq, "usec": r.usec, "flags": r.flags, **r.fields})
+            for r in records if r is not None]
 
 
 def line_events(text: str, start: float = BOOT) -> list[Event]:
