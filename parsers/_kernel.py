@@ -45,6 +45,26 @@ def kernel_lines(text: str) -> Iterator[str]:
             yield line
 
 
+_LVM_UUID = re.compile(r"LVM-[A-Za-z0-9]{64}(?:-(?P<layer>[\w.]+))?")
+
+
+def lvm_name(dm_name: str, uuid: str = "") -> str:
+    """Return ``vg/lv`` for an LVM device-mapper name (``vg-lv``, every ``-`` inside a name doubled).
+
+    A layer device (dm uuid ``LVM-<vg><lv>-tpool``, name ``vg-pool-tpool``) is named after its LV
+    (``vg/pool``). ``""`` when ``dm_name`` is not an LVM name.
+    """
+    match = _LVM_UUID.fullmatch(uuid) if uuid else None
+    layer = match["layer"] if match else None
+    if layer and dm_name.endswith("-" + layer):
+        dm_name = dm_name[: -len(layer) - 1]
+    parts = re.split(r"(?<!-)-(?!-)", dm_name, maxsplit=1)
+    if len(parts) != 2 or not all(parts):
+        return ""
+    vg, lv = parts
+    return f"{vg.replace('--', '-')}/{lv.replace('--', '-')}"
+
+
 class Sysfs:
     """Resolves kernel device names to what people and programs use; unknown is ``""``, never an error.
 
@@ -106,10 +126,9 @@ class Sysfs:
             dm_name = self._read("block", kname, "dm", "name")
         except OSError:
             return kname
-        if self._dm_uuid(kname).startswith("LVM-") and "-" in dm_name.replace("--", ""):
-            # LVM names its dm devices "vg-lv" with every '-' inside a name doubled
-            vg, lv = re.split(r"(?<!-)-(?!-)", dm_name, maxsplit=1)
-            return f"{vg.replace('--', '-')}/{lv.replace('--', '-')}"
+        uuid = self._dm_uuid(kname)
+        if uuid.startswith("LVM-"):
+            return lvm_name(dm_name, uuid) or dm_name or kname
         return dm_name or kname
 
     def _dm_uuid(self, kname: str) -> str:
@@ -138,6 +157,13 @@ class Sysfs:
             if candidate.exists():
                 return " ".join(candidate.read_text(errors="replace").split())
         return ""
+
+    def holders(self, dev: str) -> list[str]:
+        """Return the kernel names of the devices stacked on ``dev`` (``/sys/class/block/X/holders``)."""
+        try:
+            return sorted(p.name for p in (self.sys / "class" / "block" / self.kernel_name(dev) / "holders").iterdir())
+        except OSError:
+            return []
 
     def fs_uuid(self, dev: str) -> str:
         """Return the UUID of the filesystem on ``dev`` (from ``/dev/disk/by-uuid``)."""
@@ -211,9 +237,11 @@ class KernelParser(Parser):
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
         self.sysfs = Sysfs(self.options.get("sysfs_root", "/sys"), self.options.get("dev_root", "/dev"))
-        self.groups = Correlator(self.correlation_window)
-        if self.correlation_window:
-            self.tick_interval = min(0.25, self.correlation_window / 2)  # type: ignore[misc]
+        # a parser that correlates may let users tune its window with a "correlation_window" option
+        window = float(self.options.get("correlation_window", self.correlation_window))
+        self.groups = Correlator(window)
+        if window:
+            self.tick_interval = min(0.25, window / 2)  # type: ignore[misc]
 
     def handle(self, event: Event) -> list[Event] | None:
         """Split the input into kernel lines and parse the ones that pass the prefilter."""
@@ -262,8 +290,11 @@ class KernelParser(Parser):
             ext["kmsg_seq"] = raw_ext["seq"]
         name = wwid = ""
         if dev:
-            ext["kernel_name"] = self.sysfs.kernel_name(dev)
-            name, wwid = self.sysfs.name(dev), self.sysfs.wwid(dev)
+            kname = self.sysfs.kernel_name(dev)
+            if kname:
+                ext["kernel_name"] = kname
+            # a device sysfs does not know (gone, or a replayed log) keeps the name the kernel printed
+            name, wwid = self.sysfs.name(dev) or dev, self.sysfs.wwid(dev)
         ext.update(extensions)
         return self.event(self.SYSTEM, event_type, msg, severity=severity, dev_name=name, dev_wwid=wwid,
                           timestamp=raw.get("timestamp", time.time()), extensions=ext)
