@@ -33,7 +33,8 @@ _PREFIX = re.compile(
     r"^\s*(?:<\d{1,3}>)?"                                   # a printk level
     r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ )?"       # syslog: "Apr 26 10:25:44 host "
     r"(?:kernel: )?"
-    r"(?:\[\s*\d+\.\d+\]\s?)?")                             # dmesg: "[ 6458.186093] "
+    r"(?:\[\s*\+?\d+\.\d+\]\s?"                               # dmesg: "[ 6458.186093] ", -d: "[  +0.000658] "
+    r"|\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\]\s?)?")  # dmesg -T: "[Mon Apr 26 10:25:44 2021] "
 _CACHE_SECONDS = 30.0
 
 

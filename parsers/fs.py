@@ -191,8 +191,8 @@ def _journal_device(name: str) -> tuple[str, int | None]:
 
 
 def _function(address: str) -> str:
-    """Return the function of a %pS address (``xfs_trans_cancel+0x13c/0x150 [xfs]``), or ``""``."""
-    m = re.match(r"([A-Za-z_][\w.]*)\+0x", address)
+    """Return the function of a %pS address (``xfs_trans_cancel+0x13c/0x150 [xfs]``) or a name, else ``""``."""
+    m = re.match(r"([A-Za-z_][\w.]*)(?:\+0x|$)", address)
     return m[1] if m else ""
 
 
@@ -469,7 +469,7 @@ class Fs(KernelParser):
             if not f.get("reason") and not f.get("user") and kname in self.xfs_down:
                 return None  # a repeated shutdown call on a filesystem already reported down
             user = bool(f.get("user")) or bool(flags & 0x4)
-            reason = f.get("reason") or ("User initiated shutdown" if user else self._flag_reason(flags))
+            reason = "User initiated shutdown" if user else f.get("reason") or self._flag_reason(flags)
             event_type, severity = "FS_SHUTDOWN", "warn" if user else "error"
             what = f"xfs shut down: {reason}"
             if f["io_errors"]:
