@@ -29,6 +29,20 @@ KERNEL_OPTIONS = {
 KERNEL_FILTER = {"system": ["kmsg"], "kind": "raw"}
 """The default filter of the kernel parsers: raw events of the kmsg collector (or a replay of one)."""
 
+
+
+def check_kernel_options(options: dict[str, Any]) -> None:
+    """Check the options of a kernel parser at configuration time (a module's ``check_options``).
+
+    Raises:
+        ValueError: ``correlation_window`` is not a positive number of seconds (0 would hold the
+            inputs of a correlation group forever, as no tick would ever close it).
+    """
+    window = options.get("correlation_window")
+    if window is not None and not window > 0:
+        raise ValueError(f"correlation_window: must be more than 0 seconds, not {window}")
+
+
 _PREFIX = re.compile(
     r"^\s*(?:<\d{1,3}>)?"                                   # a printk level
     r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ )?"       # syslog: "Apr 26 10:25:44 host "

@@ -64,13 +64,14 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import run
-from parsers._kernel import KERNEL_FILTER, KERNEL_OPTIONS, Group, KernelParser
+from parsers._kernel import KERNEL_FILTER, KERNEL_OPTIONS, Group, KernelParser, check_kernel_options
 
 OPTIONS = {
     **KERNEL_OPTIONS,
     "correlation_window": Option((int, float), 1.0, "seconds during which the lines of one problem are collected"),
 }
 FILTER = KERNEL_FILTER
+check_options = check_kernel_options
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _SYM = r"\S+(?: \[\w+\])?"  # a %pS address: "xfs_trans_cancel+0x13c/0x150 [xfs]" or "0xffffffffc0d5335f"

@@ -59,13 +59,14 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import run
-from parsers._kernel import KERNEL_OPTIONS, Group, KernelParser, lvm_name
+from parsers._kernel import KERNEL_OPTIONS, Group, KernelParser, check_kernel_options, lvm_name
 
 OPTIONS = {
     **KERNEL_OPTIONS,
     "correlation_window": Option((int, float), 1.0, "seconds to wait for the line that completes a report"),
 }
 FILTER = {"system": ["kmsg", "syslog"], "kind": "raw"}
+check_options = check_kernel_options
 
 _THIN = re.compile(r"^device-mapper: thin: (?:(?P<dev>\d+:\d+): )?(?P<text>.*)$")
 _LOW_WATER = re.compile(r"^reached low water mark for (?P<space>data|metadata) device")

@@ -52,13 +52,14 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import run
-from parsers._kernel import KERNEL_FILTER, KERNEL_OPTIONS, Group, KernelParser
+from parsers._kernel import KERNEL_FILTER, KERNEL_OPTIONS, Group, KernelParser, check_kernel_options
 
 OPTIONS = {
     **KERNEL_OPTIONS,
     "correlation_window": Option((int, float), 1.0, "seconds to wait for the second line of a two-line report"),
 }
 FILTER = KERNEL_FILTER
+check_options = check_kernel_options
 
 _PERSONALITY = r"md/raid(?P<level>\d*):(?P<array>[\w.-]+): "
 _FAILURE = re.compile(rf"^{_PERSONALITY}Disk failure on (?P<member>\S+?), disabling device\.?$")

@@ -11,6 +11,7 @@ from typing import Any
 from conftest import wait_for
 from fakesys import FakeSys
 
+from bus.config import load
 from bus.event import Event, new_event
 from parsers._kernel import KernelParser
 
@@ -82,3 +83,10 @@ def only(events: list[Event]) -> Event:
 def summary(event: Event) -> tuple[str, str, str, str]:
     """``(event_type, severity, dev_name, dev_wwid)`` of an event."""
     return event["event_type"], event["severity"], event["dev_name"], event["dev_wwid"]
+
+
+def load_parser_config(tmp_path: Path, builtin: str, extra: str = "") -> Any:
+    """Load a configuration with one built-in parser ``x`` (no filter: its default) plus ``extra`` TOML lines."""
+    path = tmp_path / "busd.toml"
+    path.write_text(f'[main]\nruntime_dir = "/tmp/x"\n[plugins.x]\ntype = "parser"\nbuiltin = "{builtin}"\n{extra}\n')
+    return load(path).plugins["x"]

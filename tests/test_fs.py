@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from conftest import Bus
 from fakesys import FakeSys
-from kernel_harness import SAMPLES, expire, feed, kmsg_records, line_event, make, only, summary
+from kernel_harness import SAMPLES, expire, feed, kmsg_records, line_event, load_parser_config, make, only, summary
 
+from bus.exceptions import ConfigError
 from parsers.fs import Fs
 
 LVM_DATA = "LVM-" + "Xf3kq9Lr" * 8
@@ -500,6 +501,26 @@ def test_lines_that_give_nothing(fs: Fs, line: str) -> None:
 
 
 # --- through a real busd ------------------------------------------------------------------------
+
+# --- configuration -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("correlation_window = 0", "plugins.x.correlation_window: must be more than 0 seconds"),
+    ("correlation_window = 'soon'", "plugins.x.correlation_window: must be an integer or a number, not a string"),
+    ("sysfs = '/sys'", "plugins.x.sysfs: unknown key for built-in parser 'fs'"),
+])
+def test_bad_options_are_refused(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_parser_config(tmp_path, "fs", extra)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("system", "routed"), [("kmsg", True), ("syslog", False), ("udev", False)])
+def test_the_default_filter(tmp_path: Path, system: str, routed: bool) -> None:
+    plugin = load_parser_config(tmp_path, "fs", "correlation_window = 2")
+    assert plugin.filter.match(line_event("x", system=system)) is routed
+    assert plugin.filter.match({**line_event("x", system=system), "kind": "synthetic"}) is False
+
 
 def test_fs_sample_through_busd(bus: Bus, fake: FakeSys) -> None:
     bus.write({

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from conftest import Bus, wait_for
 from fakesys import FakeSys
-from kernel_harness import expire, feed, line_event, make, only, summary
+from kernel_harness import expire, feed, line_event, load_parser_config, make, only, summary
 
-from parsers import lvm as lvm_module
+from bus.exceptions import ConfigError
 from parsers.lvm import Lvm
 
 LVM_POOL = "LVM-" + "Vg0uuid0" * 4 + "PoolUuid" * 4 + "-tpool"
@@ -179,8 +179,24 @@ def test_lines_that_give_nothing(lvm: Lvm, line: str) -> None:
     assert not lvm.groups.groups
 
 
-def test_default_filter_takes_kernel_and_syslog_lines() -> None:
-    assert lvm_module.FILTER == {"system": ["kmsg", "syslog"], "kind": "raw"}
+# --- configuration -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("correlation_window = 0", "plugins.x.correlation_window: must be more than 0 seconds"),
+    ("correlation_window = 'soon'", "plugins.x.correlation_window: must be an integer or a number, not a string"),
+    ("sysfs = '/sys'", "plugins.x.sysfs: unknown key for built-in parser 'lvm'"),
+])
+def test_bad_options_are_refused(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_parser_config(tmp_path, "lvm", extra)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("system", "routed"), [("kmsg", True), ("syslog", True), ("udev", False)])
+def test_the_default_filter(tmp_path: Path, system: str, routed: bool) -> None:
+    plugin = load_parser_config(tmp_path, "lvm", "correlation_window = 2")
+    assert plugin.filter.match(line_event("x", system=system)) is routed
+    assert plugin.filter.match({**line_event("x", system=system), "kind": "synthetic"}) is False
 
 
 def test_lvm_through_busd(bus: Bus, fake: FakeSys) -> None:
