@@ -209,6 +209,7 @@ class Fs(KernelParser):
         self.uuids: dict[str, str] = {}
         """Filesystem UUIDs the kernel printed, by kernel device name (for later lines that do not)."""
         self.xfs_mounting: dict[str, dict[str, Any]] = {}
+        """What an XFS "Mounting ..." line said, until its "Ending ..." line makes the mount event."""
         self.xfs_down: set[str] = set()
         """Devices whose XFS shutdown was reported (later lone ``called from`` lines repeat it)."""
 
@@ -247,6 +248,8 @@ class Fs(KernelParser):
             event["dev_wwid"] = uuid
         if event_type in ("FS_MOUNTED", "FS_UNMOUNTED"):
             self.xfs_down.discard(kname)
+        if event_type == "FS_UNMOUNTED":
+            self.uuids.pop(kname, None)  # the next filesystem on the device may be another one
         return event
 
     def _group(self, key: tuple[str, ...], raw: Event, **fields: Any) -> Group:

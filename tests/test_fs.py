@@ -136,6 +136,9 @@ def test_ext4_unmount_and_the_printed_uuid_stays_with_the_device(fs: Fs) -> None
     assert error["extensions"]["fs_uuid"] == UUID_PRINTED
     assert summary(old) == ("FS_UNMOUNTED", "info", "sdb1", WWID_SDB + "-part1")
     assert ext(old) == {"kernel_name": "sdb1", "fstype": "ext4"}
+    # once unmounted, the printed UUID is forgotten: /dev/disk/by-uuid tells what is on the device now
+    assert summary(only(feed(fs, "EXT4-fs (vdb): Remounting filesystem read-only"))) == (
+        "FS_REMOUNT_READ_ONLY", "error", "vdb", UUID_VDB)
 
 
 def test_a_device_without_wwid_falls_back_to_its_filesystem_uuid(fs: Fs) -> None:
