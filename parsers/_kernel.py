@@ -29,12 +29,27 @@ KERNEL_OPTIONS = {
 KERNEL_FILTER = {"system": ["kmsg"], "kind": "raw"}
 """The default filter of the kernel parsers: raw events of the kmsg collector (or a replay of one)."""
 
+
+
+def check_kernel_options(options: dict[str, Any]) -> None:
+    """Check the options of a kernel parser at configuration time (a module's ``check_options``).
+
+    Raises:
+        ValueError: ``correlation_window`` is not a positive number of seconds (0 would hold the
+            inputs of a correlation group forever, as no tick would ever close it).
+    """
+    window = options.get("correlation_window")
+    if window is not None and not window > 0:
+        raise ValueError(f"correlation_window: must be more than 0 seconds, not {window}")
+
+
 _PREFIX = re.compile(
     r"^\s*(?:<\d{1,3}>)?"                                   # a printk level
     r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ "  # syslog: "Apr 26 10:25:44 host "
     r"|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ )?"  # "2024-05-02T11:20:31.1+02:00 host "
     r"(?:kernel: )?"
-    r"(?:\[\s*\d+\.\d+\]\s?)?")                             # dmesg: "[ 6458.186093] "
+    r"(?:\[\s*\+?\d+\.\d+\]\s?"                               # dmesg: "[ 6458.186093] ", -d: "[  +0.000658] "
+    r"|\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\]\s?)?")  # dmesg -T: "[Mon Apr 26 10:25:44 2021] "
 _CACHE_SECONDS = 30.0
 
 
@@ -44,6 +59,26 @@ def kernel_lines(text: str) -> Iterator[str]:
         line = _PREFIX.sub("", line, count=1).strip()
         if line:
             yield line
+
+
+_LVM_UUID = re.compile(r"LVM-[A-Za-z0-9]{64}(?:-(?P<layer>[\w.]+))?")
+
+
+def lvm_name(dm_name: str, uuid: str = "") -> str:
+    """Return ``vg/lv`` for an LVM device-mapper name (``vg-lv``, every ``-`` inside a name doubled).
+
+    A layer device (dm uuid ``LVM-<vg><lv>-tpool``, name ``vg-pool-tpool``) is named after its LV
+    (``vg/pool``). ``""`` when ``dm_name`` is not an LVM name.
+    """
+    match = _LVM_UUID.fullmatch(uuid) if uuid else None
+    layer = match["layer"] if match else None
+    if layer and dm_name.endswith("-" + layer):
+        dm_name = dm_name[: -len(layer) - 1]
+    parts = re.split(r"(?<!-)-(?!-)", dm_name, maxsplit=1)
+    if len(parts) != 2 or not all(parts):
+        return ""
+    vg, lv = parts
+    return f"{vg.replace('--', '-')}/{lv.replace('--', '-')}"
 
 
 class Sysfs:
@@ -107,10 +142,9 @@ class Sysfs:
             dm_name = self._read("block", kname, "dm", "name")
         except OSError:
             return kname
-        if self._dm_uuid(kname).startswith("LVM-") and "-" in dm_name.replace("--", ""):
-            # LVM names its dm devices "vg-lv" with every '-' inside a name doubled
-            vg, lv = re.split(r"(?<!-)-(?!-)", dm_name, maxsplit=1)
-            return f"{vg.replace('--', '-')}/{lv.replace('--', '-')}"
+        uuid = self._dm_uuid(kname)
+        if uuid.startswith("LVM-"):
+            return lvm_name(dm_name, uuid) or dm_name or kname
         return dm_name or kname
 
     def _dm_uuid(self, kname: str) -> str:
@@ -164,6 +198,13 @@ class Sysfs:
         """Return the kernel name of the disk of SCSI device ``H:C:T:L`` (``/sys/bus/scsi/devices/H:C:T:L/block``)."""
         return self._cached("scsi_disk", hctl,
                             lambda h: min(p.name for p in (self.sys / "bus" / "scsi" / "devices" / h / "block").iterdir()))
+
+    def holders(self, dev: str) -> list[str]:
+        """Return the kernel names of the devices stacked on ``dev`` (``/sys/class/block/X/holders``)."""
+        try:
+            return sorted(p.name for p in (self.sys / "class" / "block" / self.kernel_name(dev) / "holders").iterdir())
+        except OSError:
+            return []
 
     def fs_uuid(self, dev: str) -> str:
         """Return the UUID of the filesystem on ``dev`` (from ``/dev/disk/by-uuid``)."""
@@ -291,8 +332,10 @@ class KernelParser(Parser):
             ext["kmsg_seq"] = raw_ext["seq"]
         name = wwid = ""
         if dev:
-            ext["kernel_name"] = self.sysfs.kernel_name(dev)
-            # a major:minor that sysfs does not know is still better than no name
+            kname = self.sysfs.kernel_name(dev)
+            if kname:
+                ext["kernel_name"] = kname
+            # a device sysfs does not know (gone, or a replayed log) keeps the name the kernel printed
             name, wwid = self.sysfs.name(dev) or dev, self.sysfs.wwid(dev)
         ext.update(extensions)
         return self.event(self.SYSTEM, event_type, msg, severity=severity, dev_name=name, dev_wwid=wwid,
