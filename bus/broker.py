@@ -72,8 +72,10 @@ class ParserLink:
         self.filter = flt
         self.capacity = capacity
         self.counters = counters
-        self.queue: deque[tuple[int, bytes]] = deque()
-        self.sent = 0
+        self.in_flight: deque[tuple[int, bytes]] = deque()
+        """Delivered, not acknowledged yet (oldest first)."""
+        self.waiting: deque[tuple[int, bytes]] = deque()
+        """Not delivered yet (oldest first)."""
         self.next_dseq = 1
         self.peer: bytes | None = None
         self.window = 1000
@@ -82,41 +84,49 @@ class ParserLink:
         self.last_progress = time.monotonic()
         self.stalled = False
 
+    @property
+    def sent(self) -> int:
+        """Events delivered and not acknowledged."""
+        return len(self.in_flight)
+
+    def __len__(self) -> int:
+        return len(self.in_flight) + len(self.waiting)
+
     def enqueue(self, data: bytes) -> None:
         """Keep ``data`` for delivery; when full, drop the oldest event not yet sent."""
-        if len(self.queue) >= self.capacity:
-            if self.sent < len(self.queue):
-                del self.queue[self.sent]
-            else:
-                self.queue.popleft()
-                self.sent -= 1
+        if len(self) >= self.capacity:
+            (self.waiting or self.in_flight).popleft()
             self.counters.drop("parser_queue_full", error=f"queue of {self.capacity} events full")
-        self.queue.append((self.next_dseq, data))
+        self.waiting.append((self.next_dseq, data))
         self.next_dseq += 1
+
+    def requeue(self) -> None:
+        """The incarnation is gone: what it did not acknowledge goes first to the next one."""
+        self.redelivered += len(self.in_flight)
+        self.waiting.extendleft(reversed(self.in_flight))
+        self.in_flight.clear()
 
     def connect(self, peer: bytes, window: int) -> None:
         """A (new) incarnation said hello: everything not acknowledged is delivered again."""
-        self.redelivered += self.sent
+        self.requeue()
         self.peer = peer
         self.window = max(1, min(window, 100_000))
-        self.sent = 0
         self.incarnations += 1
         self.last_progress = time.monotonic()
 
     def ack(self, upto: int) -> int:
         """Forget every event up to delivery number ``upto``; return how many were acknowledged."""
         n = 0
-        q = self.queue
-        while q and q[0][0] <= upto and self.sent > 0:
+        q = self.in_flight
+        while q and q[0][0] <= upto:
             q.popleft()
-            self.sent -= 1
             n += 1
         self.counters.events_out += n
         self.last_progress = time.monotonic()
         return n
 
     def backlog(self, now: float) -> int:
-        """Return the events queued (in flight included), or 0 if this parser cannot be waited for.
+        """Return how many events wait for this parser, or 0 if it cannot be waited for.
 
         A parser is waited for while it starts or restarts, but one without progress for
         ``_STALLED_AFTER`` seconds (down, or connected and silent with events in flight) must not
@@ -127,20 +137,25 @@ class ParserLink:
         if stalled != self.stalled:
             self.stalled = stalled
             (log.warning if stalled else log.info)("parser_stalled" if stalled else "parser_resumed",
-                                                   plugin=self.name, in_flight=self.sent, queued=len(self.queue))
-        return 0 if stalled else len(self.queue)
+                                                   plugin=self.name, in_flight=self.sent, queued=len(self.waiting))
+        # a parser that holds many events in flight (it correlates, see Parser.hold) is working, not
+        # congested: in-flight events do not count up to half the capacity, less room for the
+        # batches admitted before producers are held (the queue must not overflow meanwhile)
+        allowance = max(0, self.capacity // 2 - 2 * _DELIVERY_MAX)
+        return 0 if stalled else len(self) - min(len(self.in_flight), allowance)
 
     def deliveries(self) -> Iterable[bytes]:
         """Yield delivery frames for what the window allows."""
-        while self.peer is not None and self.sent < min(len(self.queue), self.window):
-            n = min(self.window - self.sent, _DELIVERY_MAX, len(self.queue) - self.sent)
-            batch = list(islice(self.queue, self.sent, self.sent + n))
-            self.sent += n
+        waiting, in_flight = self.waiting, self.in_flight
+        while self.peer is not None and waiting and len(in_flight) < self.window:
+            n = min(self.window - len(in_flight), _DELIVERY_MAX, len(waiting))
+            batch = [waiting.popleft() for _ in range(n)]
+            in_flight.extend(batch)
             yield protocol.pack_with_events({"op": "events", "upto": batch[-1][0]}, [d for _, d in batch])
 
     def as_dict(self) -> dict[str, Any]:
         """Return the delivery state (for ``busctl status``)."""
-        return {"pending": len(self.queue), "in_flight": self.sent, "connected": self.peer is not None,
+        return {"pending": len(self), "in_flight": self.sent, "connected": self.peer is not None,
                 "redelivered": self.redelivered}
 
 
@@ -410,9 +425,8 @@ class Broker:
         link = self.parsers.get(name)
         if link is not None and link.peer is not None:
             self._input_peers.pop(link.peer, None)
-            link.redelivered += link.sent
+            link.requeue()
             link.peer = None
-            link.sent = 0
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -496,7 +510,7 @@ class Broker:
                 targets = routes[key] = tuple(
                     p for p in self.parsers.values() if p.filter.match_fields(*key))
             for link in targets:
-                if link.name != source:
+                if link.name != source and (link.filter.contains is None or link.filter.match_text(event["msg"])):
                     link.enqueue(data)
         counters.events_in += accepted
         return accepted, rejected
@@ -555,7 +569,7 @@ class Broker:
             self._input_peers[peer] = link.name
             window = msg.get("window", 1000)
             link.connect(peer, window if isinstance(window, int) else 1000)
-            log.info("parser_connected", plugin=link.name, pending=len(link.queue), incarnation=link.incarnations)
+            log.info("parser_connected", plugin=link.name, pending=len(link), incarnation=link.incarnations)
         elif op == "ack":
             name = self._input_peers.get(peer)
             link = self.parsers.get(name) if name else None
@@ -676,7 +690,7 @@ class Broker:
 
     def parsers_idle(self) -> bool:
         """Return whether every connected parser has acknowledged everything routed to it."""
-        return all(not link.queue for link in self.parsers.values() if link.peer is not None)
+        return all(not len(link) for link in self.parsers.values() if link.peer is not None)
 
     def receivers_idle(self) -> bool:
         """Return whether every receiver that reports progress has handled everything published."""

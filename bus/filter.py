@@ -6,6 +6,8 @@ A filter is a map whose keys are ANDed; a list inside a key is ORed:
 ``kind``        ``raw``, ``synthetic`` or ``all``
 ``severity``    the minimum severity (``warn`` means warn and error)
 ``event_type``  event types; an entry may end in ``*`` to match a prefix
+``contains``    plain substrings, one of which the event's ``msg`` must contain (a cheap prefilter:
+                the kernel parsers use it so the broker routes them only the lines they may know)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from bus.event import KINDS, SEVERITIES, Event, severity_rank
 
 __all__ = ["FILTER_KEYS", "Filter", "FilterError"]
 
-FILTER_KEYS = ("system", "kind", "severity", "event_type")
+FILTER_KEYS = ("system", "kind", "severity", "event_type", "contains")
 
 
 class FilterError(ValueError):
@@ -45,6 +47,7 @@ class Filter:
     min_severity: int = 0
     exact_types: frozenset[str] | None = None
     type_prefixes: tuple[str, ...] = ()
+    contains: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any] | None, *, default_kinds: tuple[str, ...] | None = None) -> Filter:
@@ -85,6 +88,7 @@ class Filter:
             min_severity=severity_rank(sev),
             exact_types=exact,
             type_prefixes=prefixes or (),
+            contains=_str_list(spec, "contains"),
         )
 
     def match_fields(self, kind: str, system: str, severity: str, event_type: str) -> bool:
@@ -101,9 +105,14 @@ class Filter:
             return any(event_type.startswith(p) for p in self.type_prefixes)
         return True
 
+    def match_text(self, msg: str) -> bool:
+        """Return whether ``msg`` passes the ``contains`` part of the filter."""
+        return self.contains is None or any(s in msg for s in self.contains)
+
     def match(self, event: Event) -> bool:
         """Return whether a (validated) event passes the filter."""
-        return self.match_fields(event["kind"], event["system"], event["severity"], event["event_type"])
+        return (self.match_fields(event["kind"], event["system"], event["severity"], event["event_type"])
+                and self.match_text(event["msg"]))
 
     def wants_kind(self, kind: str) -> bool:
         """Return whether events of ``kind`` can pass at all (used to pick subscriptions)."""

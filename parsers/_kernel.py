@@ -26,8 +26,6 @@ KERNEL_OPTIONS = {
     "sysfs_root": Option(str, "/sys", "where sysfs is mounted (tests point it at a fake tree)"),
     "dev_root": Option(str, "/dev", "where /dev is (for /dev/disk/by-uuid and by-id)"),
 }
-KERNEL_FILTER = {"system": ["kmsg"], "kind": "raw"}
-"""The default filter of the kernel parsers: raw events of the kmsg collector (or a replay of one)."""
 
 
 
@@ -272,6 +270,10 @@ class KernelParser(Parser):
     KEYWORDS: ClassVar[tuple[str, ...]] = ()
     """Every line the parser understands contains one of these (checked before any regex)."""
 
+    window: ClassVar[int] = 20_000
+    """Deliveries in flight: an open group holds back the acknowledgement of everything after it for
+    up to ``correlation_window`` seconds, and the stream must not stop meanwhile."""
+
     correlation_window: ClassVar[float] = 0.0
     """Seconds a correlation group stays open (0: the parser does not correlate)."""
 
@@ -340,3 +342,10 @@ class KernelParser(Parser):
         ext.update(extensions)
         return self.event(self.SYSTEM, event_type, msg, severity=severity, dev_name=name, dev_wwid=wwid,
                           timestamp=raw.get("timestamp", time.time()), extensions=ext)
+
+
+def kernel_filter(parser: type[KernelParser], systems: tuple[str, ...] = ("kmsg",)) -> dict[str, Any]:
+    """Return a kernel parser's default filter: raw events of ``systems`` (the kmsg collector, or a
+    replay of one) whose ``msg`` contains one of the parser's ``KEYWORDS``, so the broker does not
+    route it the noise at all."""
+    return {"system": list(systems), "kind": "raw", "contains": list(parser.KEYWORDS)}

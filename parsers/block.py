@@ -47,10 +47,9 @@ from typing import Any
 
 from bus.event import Event
 from bus.plugin import run
-from parsers._kernel import KERNEL_FILTER, KERNEL_OPTIONS, KernelParser
+from parsers._kernel import KERNEL_OPTIONS, KernelParser, kernel_filter
 
 OPTIONS = {**KERNEL_OPTIONS}
-FILTER = KERNEL_FILTER
 
 _REQUEST_ERROR = re.compile(
     r"(?:(?P<function>end_request|blk_update_request|print_req_error|blk_print_req_error): )?"
@@ -146,6 +145,9 @@ class Block(KernelParser):
             msg += f" ({suppressed} similar messages suppressed before)"
         severity = "warn" if error in _RETRIED else "error"
         return self.synth(raw, "BLK_IO_ERROR", severity, dev, msg, **ext)
+
+
+FILTER = kernel_filter(Block)
 
 
 if __name__ == "__main__":

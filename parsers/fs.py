@@ -64,13 +64,12 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import run
-from parsers._kernel import KERNEL_FILTER, KERNEL_OPTIONS, Group, KernelParser, check_kernel_options
+from parsers._kernel import KERNEL_OPTIONS, Group, KernelParser, check_kernel_options, kernel_filter
 
 OPTIONS = {
     **KERNEL_OPTIONS,
     "correlation_window": Option((int, float), 1.0, "seconds during which the lines of one problem are collected"),
 }
-FILTER = KERNEL_FILTER
 check_options = check_kernel_options
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -594,6 +593,9 @@ class Fs(KernelParser):
             return None  # the errors went out on their own; the filesystem is not mounted
         return self._fs_event(group.first, "FS_MOUNTED", "info", f["dev"], "btrfs mounted", "btrfs", f.get("uuid"),
                               options=", ".join(f["options"]) or None, device_errors=f["device_errors"] or None)
+
+
+FILTER = kernel_filter(Fs)
 
 
 if __name__ == "__main__":

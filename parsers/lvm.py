@@ -59,13 +59,12 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import run
-from parsers._kernel import KERNEL_OPTIONS, Group, KernelParser, check_kernel_options, lvm_name
+from parsers._kernel import KERNEL_OPTIONS, Group, KernelParser, check_kernel_options, kernel_filter, lvm_name
 
 OPTIONS = {
     **KERNEL_OPTIONS,
     "correlation_window": Option((int, float), 1.0, "seconds to wait for the line that completes a report"),
 }
-FILTER = {"system": ["kmsg", "syslog"], "kind": "raw"}
 check_options = check_kernel_options
 
 _THIN = re.compile(r"^device-mapper: thin: (?:(?P<dev>\d+:\d+): )?(?P<text>.*)$")
@@ -178,6 +177,9 @@ class Lvm(KernelParser):
                                    operation=m["phase"])
         return self._lvm_event(raw, "DM_DIRTY_LOG_FAILURE", "error", "", f"mirror userspace log: {m['userspace']}",
                                reason=m["userspace"], error=int(m["error"]) if m["error"] else None)
+
+
+FILTER = kernel_filter(Lvm, ("kmsg", "syslog"))
 
 
 if __name__ == "__main__":

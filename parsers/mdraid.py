@@ -52,13 +52,12 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import run
-from parsers._kernel import KERNEL_FILTER, KERNEL_OPTIONS, Group, KernelParser, check_kernel_options
+from parsers._kernel import KERNEL_OPTIONS, Group, KernelParser, check_kernel_options, kernel_filter
 
 OPTIONS = {
     **KERNEL_OPTIONS,
     "correlation_window": Option((int, float), 1.0, "seconds to wait for the second line of a two-line report"),
 }
-FILTER = KERNEL_FILTER
 check_options = check_kernel_options
 
 _PERSONALITY = r"md/raid(?P<level>\d*):(?P<array>[\w.-]+): "
@@ -195,6 +194,9 @@ class Mdraid(KernelParser):
                           f"kicked non-fresh {', '.join(members)} from an array", member=self.sysfs.name(members[0]),
                           member_wwid=self.sysfs.wwid(members[0]), kicked=[self.sysfs.name(k) for k in members],
                           reason="non-fresh")
+
+
+FILTER = kernel_filter(Mdraid)
 
 
 if __name__ == "__main__":

@@ -66,14 +66,13 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import run
-from parsers._kernel import KERNEL_FILTER, KERNEL_OPTIONS, Group, KernelParser
+from parsers._kernel import KERNEL_OPTIONS, Group, KernelParser, kernel_filter
 from parsers.block import parse_request_error
 
 OPTIONS = {
     **KERNEL_OPTIONS,
     "correlation_window": Option(float, 0.5, "seconds the lines of one failed command may take to arrive"),
 }
-FILTER = KERNEL_FILTER
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -240,6 +239,9 @@ def _holds(group: Group, sector: int) -> bool:
     if lba is None or blocks is None:
         return False
     return any(lba * k <= sector < (lba + max(blocks, 1)) * k for k in (1, 8))
+
+
+FILTER = kernel_filter(Scsi)
 
 
 if __name__ == "__main__":

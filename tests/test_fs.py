@@ -521,8 +521,11 @@ def test_bad_options_are_refused(tmp_path: Path, extra: str, message: str) -> No
 @pytest.mark.parametrize(("system", "routed"), [("kmsg", True), ("syslog", False), ("udev", False)])
 def test_the_default_filter(tmp_path: Path, system: str, routed: bool) -> None:
     plugin = load_parser_config(tmp_path, "fs", "correlation_window = 2")
-    assert plugin.filter.match(line_event("x", system=system)) is routed
-    assert plugin.filter.match({**line_event("x", system=system), "kind": "synthetic"}) is False
+    line = "EXT4-fs (sdb1): Remounting filesystem read-only"
+    assert plugin.filter.match(line_event(line, system=system)) is routed
+    assert plugin.filter.match({**line_event(line, system=system), "kind": "synthetic"}) is False
+    # the broker routes only lines that hold one of the parser's keywords
+    assert plugin.filter.match(line_event("usb 1-1: new high-speed USB device", system=system)) is False
 
 
 def test_fs_sample_through_busd(bus: Bus, fake: FakeSys) -> None:

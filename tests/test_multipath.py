@@ -255,7 +255,7 @@ def test_default_filter_takes_raw_kmsg_udev_and_syslog(tmp_path: Path) -> None:
     config = tmp_path / "busd.toml"
     config.write_text(f'[main]\nruntime_dir = "{tmp_path}"\n[plugins.mp]\ntype = "parser"\nbuiltin = "multipath"\n')
     flt = load(config).plugins["mp"].filter
-    base = {"severity": "info", "event_type": "X"}
+    base = {"severity": "info", "event_type": "X", "msg": "change /devices/virtual/block/dm-0"}
     assert [flt.match({**base, "system": s, "kind": k}) for s, k in (
         ("kmsg", "raw"), ("udev", "raw"), ("syslog", "raw"), ("udev", "synthetic"), ("scsi", "raw"))] == [
         True, True, True, False, False]

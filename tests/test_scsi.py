@@ -356,7 +356,11 @@ def test_correlation_window_option_is_checked(tmp_path: Path) -> None:
             load(config)
     config.write_text(f'[main]\nruntime_dir = "{tmp_path}"\n[plugins.scsi]\ntype = "parser"\nbuiltin = "scsi"\n'
                       'correlation_window = 2\n')
-    assert load(config).plugins["scsi"].filter.match({"system": "kmsg", "kind": "raw", "event_type": "KMSG", "severity": "info"})
+    flt = load(config).plugins["scsi"].filter
+    event = {"system": "kmsg", "kind": "raw", "event_type": "KMSG", "severity": "info"}
+    # the default filter routes only kmsg lines that hold one of the parser's keywords
+    assert flt.match({**event, "msg": "sd 6:0:0:0: [sdf] tag#2 Sense Key : Not Ready [current]"})
+    assert not flt.match({**event, "msg": "usb 1-1: new high-speed USB device number 2 using ehci-pci"})
 
 
 def test_end_to_end_through_busd(bus: Bus, tmp_path: Path) -> None:
