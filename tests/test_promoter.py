@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -453,3 +454,25 @@ def test_end_to_end_through_busd(bus: Bus, tmp_path: Path) -> None:
     text = bus.run("busctl", "promoter", "status").stdout
     assert "r0: Primary, may promote: no, quorum: no" in text
     assert "quorum-lost ok (volume 0 lost quorum): stopped services, demoted" in text
+
+
+def test_example_tables_load(tmp_path: Path) -> None:
+    """The commented promoter and prometheus tables of conf/busd.toml and docs/operators.md load."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "conf" / "busd.toml").read_text()
+    blocks = []
+    for name in ("promoter", "prometheus"):
+        block = re.search(rf"^# \[plugins\.{name}\]\n(?:#.*\n)+", text, re.M)
+        assert block, name
+        blocks.append(re.sub(r"^# ?", "", block.group(0), flags=re.M))
+    conf = tmp_path / "busd.toml"
+    conf.write_text("\n".join(blocks))
+    config = load(conf)
+    assert config.plugins["promoter"].table["resources"]["r0"]["preferred-nodes"] == ["alpha", "beta"]
+    assert config.plugins["prometheus"].builtin == "prometheus"
+    docs = (root / "docs" / "operators.md").read_text()
+    for name in ("promoter", "prometheus"):
+        block = re.search(rf"```toml\n(\[plugins\.{name}\]\n.*?)```", docs, re.S)
+        assert block, name
+        conf.write_text(block.group(1))
+        assert load(conf).plugins[name].builtin == name
