@@ -65,9 +65,10 @@ def test_drbd_metrics_and_destroyed_resource(tmp_path: Path) -> None:
     drbdadm.write_text("#!/bin/sh\necho DRBDADM_API_VERSION=2\necho DRBD_KERNEL_VERSION=9.2.8\n"
                        "echo DRBDADM_VERSION=9.27.0\n")
     drbdadm.chmod(0o755)
-    table = {"type": "receiver", "builtin": "prometheus", "address": "127.0.0.1:0", "drbdadm": str(drbdadm)}
+    table = {"type": "receiver", "builtin": "prometheus", "address": "127.0.0.1:0", "drbdadm": str(drbdadm),
+             "scrape_timeout": 0.2}
     p = Prometheus({"BUS_PLUGIN": "prom", "BUS_PLUGIN_CONFIG": json.dumps(table),
-                    "BUS_RUNTIME_DIR": str(tmp_path / "run")})
+                    "BUS_RUNTIME_DIR": str(tmp_path / "run"), "BUS_CONTROL": f"ipc://{tmp_path}/no-busd.sock"})
 
     async def main() -> None:
         await p.setup()
@@ -124,7 +125,8 @@ def test_drbd_metrics_and_destroyed_resource(tmp_path: Path) -> None:
             assert types["drbd_peerdevice_sent_bytes"] == "unknown"
             assert helps["drbd_resource_maypromote"] == "Boolean whether the resource may be promoted to Primary"
             assert helps["drbd_device_quorum"] == "Boolean if this device has DRBD quorum"
-            assert value(samples, "busd_up") == 0  # not under busd: no control socket, still 200
+            assert value(samples, "busd_up") == 0  # busd does not answer: still 200, the rest is served
+            assert "busd_plugin_events_in_total" not in names(samples)
             assert value(samples, "busd_events_total", system="drbd", event_type="DRBD_RESOURCE_CREATED",
                          severity="info", kind="synthetic") == 1
 
