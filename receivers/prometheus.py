@@ -42,6 +42,7 @@ from bus.client import request
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import Receiver, run
+from receivers._drbd import flag, well_formed
 
 OPTIONS = {
     "address": Option(str, ":9942", "host:port to serve /metrics on (':9942': every address; port 0: any free)"),
@@ -76,7 +77,7 @@ def check_options(options: dict[str, Any]) -> None:
 
 
 def _bool(value: Any) -> int:
-    return int(value is True or (isinstance(value, str) and value.lower() in ("yes", "true")))
+    return int(flag(value))
 
 
 def _num(value: Any) -> float:
@@ -279,8 +280,11 @@ class Prometheus(Receiver):
             return
         if event.get("event_type") == "DRBD_RESOURCE_DESTROYED":
             self.resources.pop(name, None)
-        elif isinstance(ext.get("state"), dict):
+        elif well_formed(ext.get("state")):
             self.resources[name] = ext["state"]
+        elif "state" in ext:
+            self.count("bad_state")
+            self.log.warning("drbd_state_malformed", resource=name, event_id=event.get("event_id"))
 
     async def bus_status(self) -> dict[str, Any] | None:
         """busd's ``status`` reply, or ``None`` (logged once per outage) if it does not answer in time."""

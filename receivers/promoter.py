@@ -53,6 +53,7 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import Receiver, run
+from receivers._drbd import flag, well_formed
 
 FILTER = {"system": ["drbd"]}
 
@@ -173,10 +174,6 @@ class ResourceConfig:
                    adjust=values["adjust-resource-on-start"])
 
 
-def _bool(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.lower() in ("yes", "true"))
-
-
 def sleep_before_promote(state: dict[str, Any], cfg: ResourceConfig, hostname: str) -> float:
     """Return the seconds to wait before promoting (drbd-reactor's ``get_sleep_before_promote_ms``)."""
     disk = max((DISK_SLEEP.get(str(d.get("disk-state")), 6) for d in state.get("devices") or []), default=0)
@@ -258,7 +255,7 @@ class Worker:
         cfg = self.cfg
         role = state.get("role")
         old_role = before.get("role") if before else None
-        if _bool(state.get("may_promote")) and role == "Secondary" and not (before and _bool(before.get("may_promote"))):
+        if flag(state.get("may_promote")) and role == "Secondary" and not (before and flag(before.get("may_promote"))):
             self.want("promote", "may promote")
         old_devices = {d.get("volume"): d for d in (before or {}).get("devices") or []}
         for dev in state.get("devices") or []:
@@ -266,13 +263,13 @@ class Worker:
             if old is None:
                 continue
             volume = dev.get("volume")
-            if _bool(old.get("quorum")) and not _bool(dev.get("quorum")):
+            if flag(old.get("quorum")) and not flag(dev.get("quorum")):
                 self.want("quorum-lost", f"volume {volume} lost quorum")
-            elif not _bool(old.get("quorum")) and _bool(dev.get("quorum")) and role == "Primary":
+            elif not flag(old.get("quorum")) and flag(dev.get("quorum")) and role == "Primary":
                 self.want("quorum-regained", f"volume {volume} regained quorum")
             elif (cfg.on_disk_detach == "fail-over" and role == "Primary" and old.get("disk-state") != "Diskless"
-                  and dev.get("disk-state") == "Diskless" and not _bool(old.get("client"))
-                  and not _bool(dev.get("client"))):
+                  and dev.get("disk-state") == "Diskless" and not flag(old.get("client"))
+                  and not flag(dev.get("client"))):
                 self.want("disk-detached", f"volume {volume} lost its disk")
         if old_role == "Primary" and role == "Secondary":
             self.want("became-secondary", "DRBD demoted the resource")
@@ -292,7 +289,7 @@ class Worker:
             if name not in nodes or nodes.index(name) >= mine:
                 continue
             for pd in conn.get("peer_devices") or []:
-                if (pd.get("peer-disk-state") == "UpToDate" and not _bool(pd.get("peer-client"))
+                if (pd.get("peer-disk-state") == "UpToDate" and not flag(pd.get("peer-client"))
                         and old.get((conn.get("peer-node-id"), pd.get("volume"))) != "UpToDate"):
                     out.append(str(name))
                     break
@@ -330,7 +327,7 @@ class Worker:
     def may_promote_now(self) -> bool:
         """Whether the latest state allows promoting here (and nothing runs here already)."""
         st = self.state
-        return bool(st) and not self.active and _bool(st.get("may_promote")) and st.get("role") == "Secondary"
+        return bool(st) and not self.active and flag(st.get("may_promote")) and st.get("role") == "Secondary"
 
     async def promote(self, reason: str) -> None:
         """Wait the sleep, re-check, promote, start the services in order; roll back on failure."""
@@ -529,8 +526,8 @@ class Worker:
         devices = st.get("devices") or []
         return {
             "role": "destroyed" if self.destroyed else st.get("role", "unknown"),
-            "may_promote": _bool(st.get("may_promote")),
-            "quorum": all(_bool(d.get("quorum")) for d in devices) if devices else None,
+            "may_promote": flag(st.get("may_promote")),
+            "quorum": all(flag(d.get("quorum")) for d in devices) if devices else None,
             "disk_states": [d.get("disk-state") for d in devices],
             "runner": self.cfg.runner,
             "services": [{"name": name, "state": state} for name, state in self.services.items()],
@@ -580,8 +577,11 @@ class Promoter(Receiver):
             return
         if event.get("event_type") == "DRBD_RESOURCE_DESTROYED":
             worker.observe(None)
-        elif isinstance(ext.get("state"), dict):
+        elif well_formed(ext.get("state")):
             worker.observe(ext["state"])
+        elif "state" in ext:
+            self.count("bad_state")
+            self.log.warning("drbd_state_malformed", resource=worker.cfg.name, event_id=event.get("event_id"))
         self.publish_status()
 
     def publish_status(self) -> None:

@@ -130,6 +130,8 @@ def test_drbd_metrics_and_destroyed_resource(tmp_path: Path) -> None:
             assert value(samples, "busd_events_total", system="drbd", event_type="DRBD_RESOURCE_CREATED",
                          severity="info", kind="synthetic") == 1
 
+            p.handle(drbd_event("DRBD_ROLE_CHANGED", {**two_node_state(), "devices": {"0": "garbage"}}))
+            assert p.counters == {"bad_state": 1}  # kept the last good state
             p.handle(drbd_event("DRBD_RESOURCE_DESTROYED", None, resource_name="r1", action="destroy"))
             samples, _, _ = parse(await scrape())
             assert not [key for key in samples if ("name", "r1") in key[1]]
@@ -162,10 +164,13 @@ def test_bus_metrics_through_busd(bus: Bus, tmp_path: Path) -> None:
         drbd_event("DRBD_INITIAL_STATE", state, action="exists"),
         drbd_event("DRBD_QUORUM_LOST", state, object="device", volume=0, severity="error"),
     ])
-    wait_for(lambda: bus.plugin("crasher")["state"] == "failed", what="crasher failed")
-    wait_for(lambda: bus.plugin("dup")["dropped"].get("duplicate") == 1, what="the duplicate dropped")
-    wait_for(lambda: bus.plugin("prom")["events_out"] == 4, what="prom handled 4 events")
-    plugins = {p["name"]: p for p in bus.status()["plugins"]}
+
+    def settled() -> dict[str, Any] | None:
+        plugins = {p["name"]: p for p in bus.status()["plugins"]}
+        done = (plugins["crasher"]["state"] == "failed" and plugins["dup"]["dropped"].get("duplicate") == 1
+                and plugins["prom"]["events_out"] == 4)
+        return plugins if done else None
+    plugins = wait_for(settled, what="crasher failed, the duplicate dropped, 4 events handled by prom")
 
     with urllib.request.urlopen(f"http://{listening}/metrics", timeout=10) as r:
         samples, types, _ = parse(r.read().decode())

@@ -367,6 +367,22 @@ def test_shell_runner_and_stop_on_exit(tmp_path: Path) -> None:
     assert tools.calls() == ["drbdadm primary r0", "drbdadm secondary r0"]
 
 
+def test_malformed_state_is_counted_and_skipped(tmp_path: Path) -> None:
+    tools = FakeTools(tmp_path / "bin")
+    p = make(tmp_path, tools, {"r0": res()})
+
+    async def body() -> None:
+        p.handle(drbd_event("DRBD_MAY_PROMOTE_CHANGED", {**resource("r0", may_promote=True), "devices": "sdb"}))
+        event = drbd_event("DRBD_MAY_PROMOTE_CHANGED", resource("r0", may_promote=True))
+        event["extensions"]["state"] = "not a map"
+        p.handle(event)
+        assert p.counters == {"bad_state": 2}
+        promoted(p, resource("r0"))  # good states still work
+        await recorded(tmp_path, "promote")
+
+    scenario([p], body)
+
+
 @pytest.mark.parametrize(("table", "message"), [
     ({"strat": ["a.service"]}, "resources.r0.strat: unknown key"),
     ({"start": "a.service"}, "resources.r0.start: must be an array"),
