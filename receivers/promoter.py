@@ -12,6 +12,8 @@ It follows the synthetic events of the ``drbd`` parser (each carries the resourc
 - when a volume loses quorum it stops the services in reverse order and demotes
   (``on-quorum-loss = "shutdown"``), or freezes them (``"freeze"``: ``systemctl freeze``, thawed when
   quorum returns; stopped if DRBD forces the frozen Primary to Secondary);
+- when the resource is already Primary at the first event (busd restarted), it starts the units
+  again in order (a no-op for active ones) and manages them (systemd runner);
 - when a started unit is no longer active (checked every ``monitor_interval`` seconds) it stops
   the services and demotes, so that another node takes over;
 - with ``on-disk-detach = "fail-over"``, a Primary that loses its disk while a peer is UpToDate
@@ -257,6 +259,8 @@ class Worker:
         old_role = before.get("role") if before else None
         if flag(state.get("may_promote")) and role == "Secondary" and not (before and flag(before.get("may_promote"))):
             self.want("promote", "may promote")
+        if before is None and role == "Primary" and not self.active and cfg.runner == "systemd":
+            self.want("adopt", "Primary when the promoter started")
         old_devices = {d.get("volume"): d for d in (before or {}).get("devices") or []}
         for dev in state.get("devices") or []:
             old = old_devices.get(dev.get("volume"))
@@ -309,7 +313,7 @@ class Worker:
             res = await self.command([self.plugin.options["drbdadm"], "adjust", self.cfg.name])
             self.record("adjust", res.ok, "plugin start", res.describe())
         handlers: dict[str, Callable[[str], Any]] = {
-            "promote": self.promote, "retry": self.promote, "quorum-lost": self.quorum_lost,
+            "promote": self.promote, "adopt": self.adopt, "quorum-lost": self.quorum_lost,
             "quorum-regained": self.quorum_regained, "became-secondary": self.became_secondary,
             "disk-detached": self.hand_over, "preferred-peer": self.hand_over, "monitor": self.monitor,
         }
@@ -355,21 +359,33 @@ class Worker:
         if not res.ok:
             self.record("promote", False, reason, f"{res.describe()} (another node may have won)")
             return
+        await self.start_services("promote", reason, f"promoted after {delay:g} s, ")
+
+    async def start_services(self, action: str, reason: str, what: str = "") -> None:
+        """Start the services in order; if one fails, stop those that started in reverse order and demote."""
         self.active = True
         self.busy = "starting services"
         started: list[str] = []
         for entry in self.cfg.start:
-            if await self.start_one(entry):
-                started.append(entry)
-                continue
-            self.busy = "rolling back"
-            await self.stop_services(started, rollback=True)
-            demoted = await self.demote()
-            self.active = False
-            self.record("start", False, reason, f"start of {entry} failed; stopped {len(started)} started, "
-                        + ("demoted" if demoted else "demote failed"))
-            return
-        self.record("promote", True, reason, f"promoted after {delay:g} s, started {len(started)} services")
+            if not await self.start_one(entry):
+                self.busy = "rolling back"
+                await self.stop_services(started, rollback=True)
+                demoted = await self.demote()
+                self.active = False
+                self.record("start", False, reason, f"start of {entry} failed; stopped {len(started)} started, "
+                            + ("demoted" if demoted else "demote failed"))
+                return
+            started.append(entry)
+        self.record(action, True, reason, f"{what}started {len(started)} services")
+
+    async def adopt(self, reason: str) -> None:
+        """Already Primary when the promoter started (busd restarted): start the units again, in order.
+
+        ``systemctl start`` of an active unit does nothing, so this takes over services that still
+        run and completes a half-done start, as drbd-reactor starts its target at start-up.
+        """
+        if not self.active and self.state and self.state.get("role") == "Primary":
+            await self.start_services("adopt", reason)
 
     async def start_one(self, entry: str) -> bool:
         """Start one unit or command; record its state."""
@@ -494,7 +510,7 @@ class Worker:
                     self.services[unit] = "inactive"
                     await self.shutdown("service-failed", f"{unit} is not active ({res.output or res.rc})")
                     return
-        elif self.may_promote_now():
+        elif self.may_promote_now() and asyncio.get_running_loop().time() - self.last_start >= opts["retry_interval"]:
             await self.promote("retry: still may promote")
 
     async def stop_on_exit(self) -> None:

@@ -152,6 +152,24 @@ def test_quorum_lost_on_a_secondary_does_nothing(tmp_path: Path) -> None:
     scenario([p], body)
 
 
+def test_primary_at_start_is_adopted(tmp_path: Path) -> None:
+    """busd restarted while r0 is Primary here: the units are started again (a no-op if active), then managed."""
+    tools = FakeTools(tmp_path / "bin")
+    p = make(tmp_path, tools, {"r0": res()})
+
+    async def body() -> None:
+        st = resource("r0", "Primary")
+        p.handle(drbd_event("DRBD_INITIAL_STATE", st, action="exists"))
+        r0 = await recorded(tmp_path, "adopt")
+        assert tools.calls() == [f"systemctl start {u}" for u in UNITS]
+        assert r0["active"] is True and r0["last_action"]["reason"] == "Primary when the promoter started"
+        p.handle(quorum(st, False)[0])
+        await recorded(tmp_path, "quorum-lost")
+        assert tools.calls()[3:] == [*(f"systemctl stop {u}" for u in reversed(UNITS)), "drbdadm secondary r0"]
+
+    scenario([p], body)
+
+
 def test_start_failure_rolls_back_and_demotes(tmp_path: Path) -> None:
     tools = FakeTools(tmp_path / "bin")
     tools.fail("systemctl start c.service")
