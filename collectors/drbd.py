@@ -21,7 +21,7 @@ are counted (``bad_lines`` in the status file ``busctl`` reads, ``$BUS_RUNTIME_D
 
 When the command exits (or cannot start), its exit status and the lines it wrote on stderr are
 logged and it is started again after ``restart_delay`` seconds, doubling up to
-``restart_delay_max``; a run that lasted longer than ``restart_delay_max`` resets the delay. Every
+``restart_delay_max``; a run that lasted 10 s or more (``STABLE_RUN``) resets the delay. Every
 start prints the complete state again (``exists`` lines), from which the ``drbd`` parser rebuilds
 and reconciles what it knows.
 
@@ -51,7 +51,7 @@ OPTIONS = {
     "statistics_poll_interval": Option(float, 60.0, "seconds between two 'n' written to the command's stdin "
                                                     "(fresh statistics); 0: never"),
     "restart_delay": Option(float, 1.0, "first delay before restarting the command after it exited, seconds"),
-    "restart_delay_max": Option(float, 60.0, "longest restart delay, seconds; a longer run resets the delay"),
+    "restart_delay_max": Option(float, 60.0, "longest restart delay, seconds"),
 }
 
 ACTIONS = ("exists", "create", "change", "destroy", "call", "response")
@@ -66,6 +66,8 @@ REQUIRED_KEYS = {
 }
 INTEGER_KEYS = ("volume", "peer-node-id", "minor")
 MAX_LINE = 65536
+STABLE_RUN = 10.0
+"""Seconds a run must last for the restart delay to start again from ``restart_delay``."""
 STATUS_INTERVAL = 1.0
 """Seconds between two writes of the status file (when it changed)."""
 
@@ -228,7 +230,7 @@ class Drbd(Collector):
                 started = time.monotonic()
                 await self.run_once()
                 ran = time.monotonic() - started
-                if ran > opts["restart_delay_max"]:
+                if ran >= STABLE_RUN:
                     delay = opts["restart_delay"]
                 self.log.info("command_restarting", delay=round(delay, 3), ran=round(ran, 3))
                 await asyncio.sleep(delay)

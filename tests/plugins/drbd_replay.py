@@ -1,8 +1,9 @@
 """A stand-in for ``drbdsetup events2 --poll``: prints recorded lines, answers ``n`` on stdin.
 
-Usage: ``drbd_replay.py [--record FILE] [--on-n LINE]... SCRIPT [SCRIPT...]``
+Usage: ``drbd_replay.py [--record FILE] [--on-n LINE]... [--chain] SCRIPT [SCRIPT...]``
 
-The k-th start of the program plays the k-th SCRIPT (the last one for every later start); starts
+The k-th start of the program plays the k-th SCRIPT (the last one for every later start); with
+``--chain`` every SCRIPT but the last exits 0 at its end (so the next start plays the next); starts
 are counted in the ``--record`` file, which also gets one line per ``n`` read on stdin
 (``start K`` / ``n``). Each ``n`` prints the ``--on-n`` lines (nothing without them).
 
@@ -59,6 +60,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--record")
     parser.add_argument("--on-n", action="append", default=[])
+    parser.add_argument("--chain", action="store_true")
     parser.add_argument("scripts", nargs="+")
     args = parser.parse_args()
     starts = 0
@@ -66,7 +68,8 @@ def main() -> int:
         with open(args.record) as f:
             starts = sum(1 for line in f if line.startswith("start "))
     record(args.record, f"start {starts + 1}")
-    script = args.scripts[min(starts, len(args.scripts) - 1)]
+    index = min(starts, len(args.scripts) - 1)
+    script = args.scripts[index]
     threading.Thread(target=read_stdin, args=(args.record, args.on_n), daemon=True).start()
     with open(script) as f:
         lines = f.read().splitlines()
@@ -95,6 +98,8 @@ def main() -> int:
             continue
         else:
             out(line)
+    if args.chain and index < len(args.scripts) - 1:
+        return 0
     _stdin_closed.wait()
     return 0
 
