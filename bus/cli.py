@@ -409,6 +409,11 @@ def plugin_statuses(config: str | None, builtin: str) -> list[dict[str, Any]]:
     return out
 
 
+from bus.ctl_promoter import app as _promoter_app  # noqa: E402  (next to its add_typer: merges stay clean)
+
+ctl_app.add_typer(_promoter_app, name="promoter")
+
+
 def busctl() -> None:
     """Console script ``busctl``."""
     configure("warning")  # diagnostics go to stderr; stdout carries only the output

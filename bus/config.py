@@ -28,6 +28,7 @@ __all__ = [
     "MainConfig",
     "Option",
     "PluginConfig",
+    "builtin_filter",
     "builtin_module",
     "default_path",
     "default_runtime_dir",
@@ -175,6 +176,11 @@ class Config:
 def builtin_module(plugin_type: str, builtin: str) -> str:
     """Return the module that implements a built-in plugin, e.g. ``parsers.scsi``."""
     return f"{_PACKAGES[plugin_type]}.{builtin}"
+
+
+def builtin_filter(plugin_type: str, builtin: str) -> Any:
+    """Return a built-in plugin's default filter (its module's ``FILTER`` map), or ``None``."""
+    return getattr(importlib.import_module(builtin_module(plugin_type, builtin)), "FILTER", None)
 
 
 def builtins(plugin_type: str) -> list[str]:
@@ -341,7 +347,7 @@ def _build_plugin(name: str, table: dict[str, Any], file: str) -> PluginConfig:
     spec = table.get("filter")
     if spec is None and builtin is not None:
         # a built-in parser knows which raw events it understands, so its table may omit the filter
-        spec = getattr(importlib.import_module(builtin_module(ptype, builtin)), "FILTER", None)
+        spec = builtin_filter(ptype, builtin)
     try:
         flt = Filter.parse(spec, default_kinds=_DEFAULT_KINDS.get(ptype))
     except FilterError as exc:

@@ -37,7 +37,7 @@ import zmq.asyncio
 
 from bus import protocol
 from bus.client import ControlClient, Publisher, Subscriber
-from bus.config import SDK_OPTIONS, plugin_options
+from bus.config import SDK_OPTIONS, builtin_filter, plugin_options
 from bus.event import KINDS, Event, new_event
 from bus.filter import Filter
 from bus.flood import FloodControl
@@ -298,7 +298,10 @@ class Receiver(Plugin):
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env)
-        self.filter = Filter.parse(self.config.get("filter"), default_kinds=("synthetic",))
+        spec = self.config.get("filter")
+        if spec is None and isinstance(self.config.get("builtin"), str):
+            spec = builtin_filter(self.type, self.config["builtin"])  # as busd itself reads the table
+        self.filter = Filter.parse(spec, default_kinds=("synthetic",))
         self.subscriber: Subscriber | None = None
         self.counters: dict[str, int] = {}
         self._is_async = inspect.iscoroutinefunction(self.handle)
