@@ -231,6 +231,10 @@ def test_a_new_dump_reconciles() -> None:
     assert again[3]["extensions"]["state"]["connections"] == []
     # the same run printing an exists line later is not a new dump
     assert feed(parser, [DUMP[0].replace("Secondary", "Primary")], run="run-2") == []
+    # a run that died in the middle of its dump: the next run's dump starts afresh
+    assert feed(parser, [DUMP[0].replace("Secondary", "Primary"), "exists resource name:r5"], run="run-3") == []
+    restarted = feed(parser, ["exists resource name:r5", "exists -"], run="run-4")
+    assert brief(restarted) == [("DRBD_RESOURCE_DESTROYED", "info", "r0"), ("DRBD_INITIAL_STATE", "info", "r5")]
 
 
 def test_unknown_objects_are_adopted_and_old_new_fields_report() -> None:

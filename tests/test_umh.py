@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +323,24 @@ def test_limits_timeouts_exit_status_and_old_new(bus: Bus, tmp_path: Path) -> No
     assert good[0]["BUS_EXT_OLD_STATE"] == "bad" and "DRBD_RES_NAME" not in good[0]
     counters = bus.plugin("umh")["counters"]
     assert counters == {"commands_started": 8, "commands_failed": 2, "commands_timed_out": 1}
+
+
+def test_shipped_examples_are_valid(tmp_path: Path) -> None:
+    """The commented DRBD tables of conf/busd.toml and the umh example of docs/operators.md load."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "conf" / "busd.toml").read_text()
+    blocks = []
+    for name in ("drbd-events", "drbd", "umh"):
+        block = re.search(rf"^# \[plugins\.{re.escape(name)}\]\n(?:#.*\n)+", text, re.M)
+        assert block, name
+        blocks.append(re.sub(r"^# ?", "", block.group(0), flags=re.M))
+    conf = tmp_path / "busd.toml"
+    conf.write_text("\n".join(blocks))
+    config = load(conf)
+    assert [config.plugins[n].builtin for n in ("drbd-events", "drbd", "umh")] == ["drbd", "drbd", "umh"]
+    assert len(config.plugins["umh"].table["rules"]) == 2 and len(config.plugins["umh"].table["device"]) == 1
+    docs = (root / "docs" / "operators.md").read_text()
+    example = next(b for b in re.findall(r"```toml\n(.*?)```", docs, re.S) if 'builtin = "umh"' in b)
+    conf.write_text(example)
+    umh_table = load(conf).plugins["umh"].table
+    assert umh_table["resource"][0]["old"] == {"role": "Secondary"} and len(umh_table["rules"]) == 3
