@@ -145,9 +145,9 @@ def parse_line(text: str) -> Line:
         if not line.fields.get(key):
             raise BadLine("missing_key", f"{action} {obj} without {key!r}")
     for key in INTEGER_KEYS:
-        value = line.fields.get(key)
-        if value is not None and not _INTEGER.match(value):
-            raise BadLine("bad_integer", f"{key}:{value[:40]} is not an integer")
+        number = line.fields.get(key)
+        if number is not None and not _INTEGER.match(number):
+            raise BadLine("bad_integer", f"{key}:{number[:40]} is not an integer")
     if obj == "helper" and "status" in line.fields and not _INTEGER.match(line.fields["status"]):
         raise BadLine("bad_integer", f"status:{line.fields['status'][:40]} is not an integer")
     return line

@@ -296,13 +296,15 @@ class DrbdParser(Parser):
     def _apply(self, raw: Event, action: str, kind: str, fields: dict[str, str], line_old: dict[str, str],
                run_id: str | None) -> list[Event]:
         out: list[Event] = []
-        if action == "exists" and not self.dumping and (run_id is None or run_id != self.run_id):
+        new_run = run_id is not None and run_id != self.run_id
+        if action == "exists" and (new_run or (run_id is None and not self.dumping)):
+            # a new drbdsetup prints everything again (even if the last one died in the middle of its dump)
             self.dumping, self.seen, self.dirty = True, set(), True
         elif self.dumping and action != "exists":
             self.warn_once("dump_unterminated", line=raw.get("msg", ""),
                            note="a dump of exists lines ended without 'exists -'")
             out += self.end_dump(raw)
-        if run_id is not None and run_id != self.run_id:
+        if new_run:
             self.run_id, self.dirty = run_id, True
         if kind == "-":
             if self.dumping:
@@ -407,10 +409,10 @@ class DrbdParser(Parser):
         where = self.locate(kind, res, fields, create=True)
         assert where is not None
         container, key = where
-        obj = container.get(key)
-        created = obj is None
-        if obj is None:
-            obj = container[key] = new_object(kind)
+        found = container.get(key)
+        created = found is None
+        obj = container[key] = new_object(kind) if found is None else found
+        if created:
             self.dirty = True
             if kind == "path":
                 obj["props"].update(local=fields.get("local", ""), peer=fields.get("peer", ""))

@@ -7,6 +7,7 @@ stand-in for ``drbdsetup events2 --poll``) on the shared samples and on the scen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -143,6 +144,13 @@ def test_collector_options_are_checked(tmp_path: Path) -> None:
     assert cfg.plugins["p"].filter.systems == frozenset({"drbd"}) and cfg.plugins["p"].filter.kinds == frozenset({"raw"})
 
 
+def test_a_command_that_cannot_start_is_logged_and_retried_later() -> None:
+    collector = Drbd(env("drbd", command=["/nonexistent/drbdsetup", "events2"]))
+    asyncio.run(collector.run_once())
+    assert collector.last_exit is not None and "No such file" in collector.last_exit["error"]
+    assert (collector.runs, collector.pid) == (1, None)
+
+
 # -- the parser, in process --------------------------------------------------------------------
 
 DUMP = [
@@ -231,10 +239,19 @@ def test_a_new_dump_reconciles() -> None:
     assert again[3]["extensions"]["state"]["connections"] == []
     # the same run printing an exists line later is not a new dump
     assert feed(parser, [DUMP[0].replace("Secondary", "Primary")], run="run-2") == []
+    # a run that died in the middle of its dump: the next run's dump starts afresh
+    assert feed(parser, [DUMP[0].replace("Secondary", "Primary"), "exists resource name:r5"], run="run-3") == []
+    restarted = feed(parser, ["exists resource name:r5", "exists -"], run="run-4")
+    assert brief(restarted) == [("DRBD_RESOURCE_DESTROYED", "info", "r0"), ("DRBD_INITIAL_STATE", "info", "r5")]
 
 
 def test_unknown_objects_are_adopted_and_old_new_fields_report() -> None:
     parser = DrbdParser(env("drbd"))
+    feed(parser, ["exists resource name:z role:Secondary", "exists -"])
+    bad_values = feed(parser, ["change device name:z volume:0 size:huge disk:UpToDate",
+                               "change resource name:z promotion_score:high role:Primary"])
+    assert brief(bad_values) == [("DRBD_ROLE_CHANGED", "info", "z")]  # the bad value is skipped, the rest applied
+    assert "size" not in parser.resources["z"]["devices"][0]["props"]
     assert feed(parser, ["change connection name:x peer-node-id:2 connection:Connecting"]) == []
     events = feed(parser, ["change resource name:y role:Secondary->Primary"])
     assert brief(events) == [("DRBD_ROLE_CHANGED", "info", "y")]
@@ -258,7 +275,6 @@ def test_state_survives_a_parser_restart_and_redelivery_repeats_the_same_events(
     assert saved["resources"]["r0"]["props"]["role"] == "Primary" and raw["event_id"] in saved["outputs"]
 
     second = DrbdParser(environ)  # crashed before the acknowledgement: the delivery comes again
-    import asyncio
     asyncio.run(second.setup())
     assert second.handle(raw) == emitted
     assert brief(feed(second, ["change resource name:r0 role:Secondary"])) == [("DRBD_ROLE_CHANGED", "info", "r0")]
