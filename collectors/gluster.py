@@ -15,8 +15,9 @@ Options:
 - ``port`` (default 55555): the UDP port (GlusterFS releases before 2021 sent to 24009).
 - ``path`` (default empty: off): also listen on an AF_UNIX datagram socket at this path (a
   relative path is relative to the configuration file), for senders that write there, e.g.
-  ``/var/run/gluster/events.sock``, where the first (pre-3.9) Events API design had
-  ``gf_event`` write; a stale socket file is replaced, one in use by a live process is not.
+  ``/var/run/gluster/events.sock``, where the first (2016) Events API design had ``gf_event``
+  write (its development code used a stream connection; the releases send UDP); a stale socket
+  file is replaced, one in use by a live process is not.
 - ``glusterd_info`` (default ``/var/lib/glusterd/glusterd.info``): glusterd's identity file,
   whose ``UUID=`` line is the node id ``glustereventsd`` puts in every webhook body (re-read
   when the file changes; absent until glusterd first ran).

@@ -20,6 +20,7 @@ import psutil
 import pytest
 from conftest import Bus, wait_for
 from gluster_send import c_gf_event, gf_event, send_raw
+from kernel_input import SAMPLES
 
 from bus import config
 from bus.exceptions import ConfigError
@@ -29,7 +30,6 @@ from parsers._gluster_events import EVENTS, MalformedDatagram, parse_datagram
 from parsers.gluster import ERRORS, WARNINGS, device, parse_message, severity_of
 from parsers.gluster import Gluster as GlusterParser
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 SENDER = Path(__file__).resolve().parent / "gluster_send.py"
 NODE = "95cd599c-5d87-43c1-8fba-b12821fd41b6"
 
@@ -370,8 +370,8 @@ def test_end_to_end_with_the_test_sender(bus: Bus, tmp_path: Path) -> None:
     expected = {"not_utf8": 1, "empty": 1, "no_index": 1, "bad_timestamp": 1, "bad_index": 1, "oversized": 1}
     wait_for(lambda: status_file.exists() and (s := json.loads(status_file.read_text()))["malformed"] == expected
              and s["emitted"] == 5, what="malformed counts in the status file")
-    bad = logs(bus, "gluster_malformed_datagram")
-    assert len(bad) == 6 and all(r["sender"].startswith("127.0.0.1:") for r in bad)
+    refused = logs(bus, "gluster_malformed_datagram")
+    assert len(refused) == 6 and all(r["sender"].startswith("127.0.0.1:") for r in refused)
     assert bus.plugin("gl")["state"] == "running" and bus.plugin("gl")["restarts"] == 0
     shown = bus.run("busctl", "gluster", "status").stdout
     assert f"port {port}" in shown and "malformed bad_index=1,bad_timestamp=1,empty=1," in shown and NODE in shown
@@ -463,6 +463,7 @@ def fixture_glusterd() -> Iterator[Glusterd]:
         if probe.connect_ex(("127.0.0.1", 24007)) == 0:
             pytest.fail("a glusterd already listens on port 24007: stop it for these tests")
     base = Path(tempfile.mkdtemp(prefix="gl", dir="/tmp"))
+    before = _leftovers()
     gd = Glusterd(base)
     try:
         gd.start()
@@ -470,6 +471,17 @@ def fixture_glusterd() -> Iterator[Glusterd]:
     finally:
         gd.stop()
         shutil.rmtree(base, ignore_errors=True)
+        # brick sockets, pid directories and logs glusterd leaves behind: leave the host as found
+        for path in _leftovers() - before:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _leftovers() -> set[Path]:
+    dirs = [Path("/var/run/gluster"), Path("/var/run/gluster/vols"), Path("/var/log/glusterfs/bricks")]
+    return {p for d in dirs if d.is_dir() for p in d.iterdir()}
 
 
 def gluster_events(bus: Bus) -> list[dict[str, Any]]:
@@ -506,7 +518,7 @@ def test_real_glusterfs_volume_lifecycle(bus: Bus, glusterd: Glusterd) -> None:
     events = wait_for(lambda: (evs := gluster_events(bus)) and all(
         sum(e["extensions"]["gluster_event"] == w for e in evs) >= wanted.count(w) for w in wanted) and evs,
         30, f"the events {wanted}")
-    mine = {}
+    mine: dict[str, list[dict[str, Any]]] = {}
     for e in events:
         mine.setdefault(e["extensions"]["gluster_event"], []).append(e)
         assert e["system"] == "gluster" and e["extensions"]["nodeid"] == glusterd.uuid
