@@ -281,15 +281,15 @@ class Gluster(Collector):
         if mode is not None:
             if not stat.S_ISSOCK(mode):
                 raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # stale: nothing listens there any more
-            else:
-                raise OSError(errno.EADDRINUSE, f"{path} is in use by another process")
-            finally:
-                probe.close()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.connect(path)
+                except ConnectionRefusedError:
+                    os.unlink(path)  # stale: nothing reads from it any more
+                except OSError as exc:  # e.g. a stream socket: someone else's
+                    raise OSError(errno.EADDRINUSE, f"{path} is another kind of socket ({exc.strerror})") from None
+                else:
+                    raise OSError(errno.EADDRINUSE, f"{path} is in use by another process")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.bind(path)

@@ -20,6 +20,7 @@ import psutil
 import pytest
 from conftest import Bus, wait_for
 from gluster_send import c_gf_event, gf_event, send_raw
+from gluster_send import main as send_main
 from kernel_input import SAMPLES
 
 from bus import config
@@ -250,6 +251,27 @@ def test_collector_counts_malformed_and_follows_the_node_id(tmp_path: Path) -> N
     assert col.counters["received"] == 10
 
 
+def test_unix_socket_path_replaces_only_a_stale_socket(tmp_path: Path) -> None:
+    path = tmp_path / "events.sock"
+    col = collector(path=str(path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as live:
+        live.bind(str(path))
+        with pytest.raises(OSError, match="in use by another process"):
+            col._open_unix()
+    col._open_unix().close()  # the socket file left behind by a dead process is replaced
+    path.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stream:
+        stream.bind(str(path))
+        stream.listen()
+        with pytest.raises(OSError, match="another kind of socket"):
+            col._open_unix()
+    path.unlink()
+    path.write_text("not a socket")
+    with pytest.raises(OSError, match="not a socket"):
+        col._open_unix()
+    assert path.read_text() == "not a socket"
+
+
 def test_format_sender() -> None:
     assert format_sender(("192.0.2.2", 33930)) == "192.0.2.2:33930"
     assert format_sender(("::1", 54624, 0, 0)) == "[::1]:54624"
@@ -311,6 +333,7 @@ def test_sender_writes_what_gluster_writes() -> None:
         c_gf_event(len(EVENTS), "x=1", port=port)
     with pytest.raises(ValueError):
         gf_event(-1, port=port)
+    assert send_main(["NO_SUCH_EVENT", "name=x", "--port", str(port)]) == 2
 
 
 # -- end to end through a real busd ------------------------------------------------------------
@@ -334,23 +357,30 @@ def test_end_to_end_with_the_test_sender(bus: Bus, tmp_path: Path) -> None:
         bus.wait_running("gl", "glp", "rep")
         failed = wait_for(lambda: logs(bus, "gluster_bind_failed"), what="the bind failure on [::1]")
         assert failed[0]["address"] == "udp:::1" and "glustereventsd" in failed[0]["error"]
+        status_file = bus.runtime_dir / "status" / "gl.json"
+        wait_for(lambda: status_file.exists() and "udp:::1" in json.loads(status_file.read_text())["unbound"],
+                 what="the unbound address in the status")  # written once a second: several retries by now
         gf_event(25, port=port, volume="gv1")  # QUOTA_ENABLE over 127.0.0.1, bound from the start
     finally:
         blocker.close()
     wait_for(lambda: any(r["address"] == "udp:::1" for r in logs(bus, "gluster_listening")), what="::1 bound")
+    assert len(logs(bus, "gluster_bind_failed")) == 1  # one error line per outage, not per retry
     c_gf_event(76, "peer=node1;volume=gv1;brick=/bricks/b1", port=port)  # BRICK_DISCONNECTED, C style
     cli = subprocess.run([sys.executable, str(SENDER), "--port", str(port), "VOLUME_SET", "name=gv2",
                           "options=,performance.cache-size,256MB"], capture_output=True, text=True, timeout=30)
     assert cli.returncode == 0, cli.stderr
     send_raw(b"1468303360 80 volume=gv1", unix=str(sock_path))  # QUORUM_LOST over AF_UNIX
     send_raw(b"1468303361 150 volume=gv1", port=port)
+    send_raw(b"1468303362 150 volume=gv2", port=port)
     for bad in (b"\xff\xfe", b" \n", b"1468303362", b"abc 2 name=x", b"1 x name=y", b"1 2 " + b"x" * 600):
         send_raw(bad, port=port)
-    events = bus.tail(7, "--system", "gluster")
+    events = bus.tail(8, "--system", "gluster")
     by_type = {e["event_type"]: e for e in events}
     assert sorted(by_type) == ["GLUSTER_BRICK_DISCONNECTED", "GLUSTER_QUORUM_LOST", "GLUSTER_QUOTA_ENABLE",
                                "GLUSTER_UNKNOWN_150", "GLUSTER_VOLUME_CREATE", "GLUSTER_VOLUME_SET"]
     assert sum(e["event_type"] == "GLUSTER_VOLUME_SET" for e in events) == 2  # the sample line and the CLI
+    assert sum(e["event_type"] == "GLUSTER_UNKNOWN_150" for e in events) == 2
+    assert [r["index"] for r in logs(bus, "gluster_unknown_event")] == [150]  # logged once per index
     brick = by_type["GLUSTER_BRICK_DISCONNECTED"]
     assert (brick["severity"], brick["dev_name"], brick["kind"], brick["source"]) == (
         "error", "node1:/bricks/b1", "synthetic", "glp")
@@ -366,10 +396,9 @@ def test_end_to_end_with_the_test_sender(bus: Bus, tmp_path: Path) -> None:
     assert sets[0]["extensions"]["nodeid"] is None  # replayed lines carry no node id
     assert sets[1]["extensions"]["nodeid"] == NODE
     # malformed datagrams: counted by reason in the status, logged with the sender, never fatal
-    status_file = bus.runtime_dir / "status" / "gl.json"
     expected = {"not_utf8": 1, "empty": 1, "no_index": 1, "bad_timestamp": 1, "bad_index": 1, "oversized": 1}
     wait_for(lambda: status_file.exists() and (s := json.loads(status_file.read_text()))["malformed"] == expected
-             and s["emitted"] == 5, what="malformed counts in the status file")
+             and s["emitted"] == 6, what="malformed counts in the status file")
     refused = logs(bus, "gluster_malformed_datagram")
     assert len(refused) == 6 and all(r["sender"].startswith("127.0.0.1:") for r in refused)
     assert bus.plugin("gl")["state"] == "running" and bus.plugin("gl")["restarts"] == 0
@@ -377,7 +406,7 @@ def test_end_to_end_with_the_test_sender(bus: Bus, tmp_path: Path) -> None:
     assert f"port {port}" in shown and "malformed bad_index=1,bad_timestamp=1,empty=1," in shown and NODE in shown
     rows = json.loads(bus.run("busctl", "gluster", "status", "--json").stdout)
     assert rows[0]["listening"] == sorted(["udp:127.0.0.1", "udp:::1", f"unix:{sock_path}"])
-    assert rows[0]["unbound"] == {} and rows[0]["emitted"] == 5
+    assert rows[0]["unbound"] == {} and rows[0]["emitted"] == 6
     bus.stop()
     assert not sock_path.exists()  # the collector removes its socket file
 
