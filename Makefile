@@ -3,8 +3,9 @@ PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the test suite builds against: the C example plugin (libzmq, msgpack-c).
-APT_PACKAGES = build-essential pkg-config libzmq3-dev libmsgpack-dev
+# Debian packages the test suite builds against: the C example plugin (libzmq, msgpack-c), and
+# GlusterFS (glusterd, the gluster command, glustereventsd) for the gluster collector and parser tests.
+APT_PACKAGES = build-essential pkg-config libzmq3-dev libmsgpack-dev glusterfs-server
 DEMO_CONFIG  = conf/demo/busd.toml
 
 .PHONY: venv system-deps demo test lint bench clean

@@ -419,3 +419,8 @@ def busctl() -> None:
     configure("warning")  # diagnostics go to stderr; stdout carries only the output
     ctl_app(prog_name="busctl")
 
+
+
+from bus.ctl_gluster import app as _gluster_app  # noqa: E402  (a sub-app that uses the helpers above)
+
+ctl_app.add_typer(_gluster_app, name="gluster")
