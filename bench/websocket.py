@@ -130,7 +130,8 @@ max_clients = {a.clients + 10}
         assert emitter.stdin is not None
         emitter.stdin.write(lines)
         emitter.stdin.close()
-        firsts, lasts = [], []
+        firsts: list[float] = []
+        lasts: list[float] = []
         while len(firsts) < len(procs):
             try:
                 first, last = results.get(timeout=0.2)
