@@ -37,6 +37,8 @@ Mutating methods return an :class:`Outcome` (files written and removed, and what
 next start) or ``False`` (busd refused the reload; the files are written nonetheless). Usage errors
 (no such plugin, a snippet that exists already) raise :class:`EditError`. Transactions nest: inside
 one, the methods join it. Paths that are not absolute are relative to the main file's directory.
+The API is synchronous (the reload runs its own event loop): from async code, call it in a thread
+(``await asyncio.to_thread(editor.set_option, ...)``).
 """
 
 from __future__ import annotations
@@ -646,16 +648,24 @@ def _fsync_dir(directory: Path) -> None:
 def write_file(path: Path, text: str, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``text`` durably: temporary file in its directory, fsync, rename, fsync the directory.
 
-    An existing file keeps its permissions; a new one gets ``mode``.
+    An existing file keeps its permissions and owner (the owner when run as root); a new one gets
+    ``mode``. A symbolic link is followed: its target is replaced, the link stays.
     """
+    path = path.resolve() if path.is_symlink() else path
     path.parent.mkdir(parents=True, exist_ok=True)
-    keep = path.stat().st_mode & 0o7777 if path.exists() else mode
+    try:
+        st: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        st = None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
-            os.fchmod(f.fileno(), keep)
+            os.fchmod(f.fileno(), st.st_mode & 0o7777 if st else mode)
+            if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(f.fileno(), st.st_uid, st.st_gid)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

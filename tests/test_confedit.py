@@ -220,3 +220,13 @@ def test_concurrent_editors_never_lose_a_change(main: Path) -> None:
     table = config.load(main).plugins["x"].table
     assert {k: table[k] for k in table if k.startswith("k")} == {f"k{i}": 4 for i in range(8)}
     assert not [n for n in os.listdir(main.parent / "conf.d") if n.endswith(".tmp")]
+
+
+def test_a_symlinked_main_file_stays_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "managed" / "busd.toml"
+    real.parent.mkdir()
+    real.write_text(MAIN)
+    link = tmp_path / "busd.toml"
+    link.symlink_to(real)
+    ConfigEditor(link).set_option("kmsg.since_boot", True)
+    assert link.is_symlink() and "since_boot = true" in real.read_text()
