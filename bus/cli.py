@@ -409,18 +409,18 @@ def plugin_statuses(config: str | None, builtin: str) -> list[dict[str, Any]]:
     return out
 
 
-from bus.ctl_promoter import app as _promoter_app  # noqa: E402  (next to its add_typer: merges stay clean)
-
-ctl_app.add_typer(_promoter_app, name="promoter")
-
-
 def busctl() -> None:
     """Console script ``busctl``."""
     configure("warning")  # diagnostics go to stderr; stdout carries only the output
     ctl_app(prog_name="busctl")
 
 
+# busctl command groups of built-in plugins, each in its own module (they use the helpers above)
+from bus.ctl_config import config_app, snippets_app  # noqa: E402
+from bus.ctl_gluster import app as _gluster_app  # noqa: E402
+from bus.ctl_promoter import app as _promoter_app  # noqa: E402
 
-from bus.ctl_gluster import app as _gluster_app  # noqa: E402  (a sub-app that uses the helpers above)
-
+ctl_app.add_typer(config_app, name="config")
+ctl_app.add_typer(snippets_app)
 ctl_app.add_typer(_gluster_app, name="gluster")
+ctl_app.add_typer(_promoter_app, name="promoter")
