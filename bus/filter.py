@@ -112,7 +112,7 @@ class Filter:
     def match(self, event: Event) -> bool:
         """Return whether a (validated) event passes the filter."""
         return (self.match_fields(event["kind"], event["system"], event["severity"], event["event_type"])
-                and self.match_text(event["msg"]))
+                and (self.contains is None or self.match_text(event["msg"])))
 
     def wants_kind(self, kind: str) -> bool:
         """Return whether events of ``kind`` can pass at all (used to pick subscriptions)."""
