@@ -147,6 +147,8 @@ class ParserLink:
     def deliveries(self) -> Iterable[bytes]:
         """Yield delivery frames for what the window allows."""
         waiting, in_flight = self.waiting, self.in_flight
+        if not in_flight and waiting:
+            self.last_progress = time.monotonic()  # an idle parser gets work: the stall clock starts now
         while self.peer is not None and waiting and len(in_flight) < self.window:
             n = min(self.window - len(in_flight), _DELIVERY_MAX, len(waiting))
             batch = [waiting.popleft() for _ in range(n)]
