@@ -147,7 +147,7 @@ class ParserLink:
     def deliveries(self) -> Iterable[bytes]:
         """Yield delivery frames for what the window allows."""
         waiting, in_flight = self.waiting, self.in_flight
-        if not in_flight and waiting:
+        if not in_flight and waiting and self.peer is not None:
             self.last_progress = time.monotonic()  # an idle parser gets work: the stall clock starts now
         while self.peer is not None and waiting and len(in_flight) < self.window:
             n = min(self.window - len(in_flight), _DELIVERY_MAX, len(waiting))
