@@ -344,8 +344,9 @@ class KernelParser(Parser):
                           timestamp=raw.get("timestamp", time.time()), extensions=ext)
 
 
-def kernel_filter(parser: type[KernelParser], systems: tuple[str, ...] = ("kmsg",)) -> dict[str, Any]:
+def kernel_filter(parser: type[KernelParser], systems: tuple[str, ...] = ("kmsg",),
+                  also: tuple[str, ...] = ()) -> dict[str, Any]:
     """Return a kernel parser's default filter: raw events of ``systems`` (the kmsg collector, or a
-    replay of one) whose ``msg`` contains one of the parser's ``KEYWORDS``, so the broker does not
-    route it the noise at all."""
-    return {"system": list(systems), "kind": "raw", "contains": list(parser.KEYWORDS)}
+    replay of one) whose ``msg`` contains one of the parser's ``KEYWORDS`` (or of ``also``), so the
+    broker does not route it the noise at all."""
+    return {"system": list(systems), "kind": "raw", "contains": [*parser.KEYWORDS, *also]}

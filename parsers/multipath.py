@@ -55,14 +55,13 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.plugin import run
-from parsers._kernel import KERNEL_OPTIONS, KernelParser
+from parsers._kernel import KERNEL_OPTIONS, KernelParser, kernel_filter
 
 OPTIONS = {
     **KERNEL_OPTIONS,
     "dedup_window": Option(float, 2.0, "seconds within which reports of one path's failure or reinstatement "
                                        "from the kernel, its uevent and multipathd make one event"),
 }
-FILTER = {"system": ["kmsg", "udev", "syslog"], "kind": "raw"}
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -216,6 +215,10 @@ class Multipath(KernelParser):
                            map=map_name, map_wwid=wwid, source=source, failed_paths=failed)
         event["dev_wwid"] = event["dev_wwid"] or wwid  # a uevent's DM_UUID when sysfs does not know the map
         return [event]
+
+
+# a dm uevent's msg is "ACTION /devices/virtual/block/dm-N"
+FILTER = kernel_filter(Multipath, ("kmsg", "udev", "syslog"), also=("/block/dm-",))
 
 
 if __name__ == "__main__":
