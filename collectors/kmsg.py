@@ -271,6 +271,9 @@ class Kmsg(Collector):
         self.boot_id = boot_id()
         self.boot_time = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
         self.id_base = f"kmsg:{self.boot_id}:{self.source}"
+        # record ids: a hash of (boot, path, instance) once, then the sequence number in the last
+        # 12 hex digits -- the same record always gets the same id, without hashing per record
+        self.id_prefix = derive_id(self.id_base, self.name, 0)[:24]
         self.state_path = self.state_file()
         self.last_seq: int | None = None
         """The newest record handled (emitted, or skipped as already emitted)."""
@@ -354,7 +357,7 @@ class Kmsg(Collector):
                           flags=record.flags)
         return self.event("kmsg", "KMSG", record.msg, severity=severity_of(record.level),
                           timestamp=self.boot_time + record.usec / 1e6, extensions=extensions,
-                          event_id=derive_id(self.id_base, self.name, record.seq))
+                          event_id=f"{self.id_prefix}{record.seq & 0xFFFF_FFFF_FFFF:012x}")
 
     def gap_event(self, first: int | None, last: int, why: str) -> Event:
         """Return a ``KMSG_GAP`` event for the lost records ``first..last`` (``first`` None: unknown)."""
