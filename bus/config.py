@@ -12,8 +12,9 @@ import shlex
 import socket
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from bus.exceptions import ConfigError
@@ -183,8 +184,18 @@ def builtins(plugin_type: str) -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+Overrides = Mapping[str, str | None]
+"""File texts that stand in for the files on disk: absolute path to text, ``None`` for a removed file."""
+
+
+def _read_toml(path: Path, overrides: Overrides | None = None) -> dict[str, Any]:
+    key = os.path.normpath(path)
     try:
+        if overrides and key in overrides:
+            text = overrides[key]
+            if text is None:
+                raise FileNotFoundError(key)
+            return tomllib.loads(text)
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
@@ -227,28 +238,47 @@ class _Merged:
                 raise ConfigError(file, key, "unknown top-level key (allowed: main, plugins)")
 
 
-def load(path: str | os.PathLike[str]) -> Config:
+def expand_include(main_path: Path, pattern: str, overrides: Overrides | None = None) -> list[str]:
+    """Return the snippets an include glob of ``main_path`` matches, seeing ``overrides`` as if on disk."""
+    if not os.path.isabs(pattern):
+        pattern = str(main_path.parent / pattern)
+    matches = sorted(glob.glob(pattern))
+    if not overrides:
+        return matches
+    found = {os.path.normpath(m): m for m in matches}
+    for file, text in overrides.items():
+        if text is None:
+            found.pop(file, None)
+        elif file not in found and PurePath(file).match(os.path.normpath(pattern)):
+            found[file] = file
+    return sorted(found.values())
+
+
+def load(path: str | os.PathLike[str], *, overrides: Overrides | None = None) -> Config:
     """Read, merge and validate a configuration file and its includes.
+
+    ``overrides`` (absolute path to text, or to ``None`` for a removed file) validates a
+    configuration as it would be after an edit, before anything is written (``bus.confedit``).
 
     Raises:
         ConfigError: naming the file, the key and the reason for the first problem found.
     """
     main_path = Path(path).absolute()
     merged = _Merged()
-    merged.add(main_path, _read_toml(main_path), is_main=True)
+    overrides = {os.path.normpath(k): v for k, v in overrides.items()} if overrides else None
+    merged.add(main_path, _read_toml(main_path, overrides), is_main=True)
     files = [str(main_path)]
     warnings: list[str] = []
     include = merged.main.get("include", [])
     if not isinstance(include, list) or not all(isinstance(g, str) for g in include):
         raise ConfigError(str(main_path), "main.include", "must be an array of glob strings")
     for pattern in include:
-        full = pattern if os.path.isabs(pattern) else str(main_path.parent / pattern)
-        matches = sorted(glob.glob(full))
+        matches = expand_include(main_path, pattern, overrides)
         if not matches:
             warnings.append(f"{main_path}: main.include: {pattern!r} matches no file")
         for snippet in matches:
             snippet_path = Path(snippet)
-            merged.add(snippet_path, _read_toml(snippet_path), is_main=False)
+            merged.add(snippet_path, _read_toml(snippet_path, overrides), is_main=False)
             files.append(snippet)
     main = _build_main(merged, main_path.parent)
     plugins = {name: _build_plugin(name, table, merged.plugin_origin[name])
