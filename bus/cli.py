@@ -414,3 +414,7 @@ def busctl() -> None:
     configure("warning")  # diagnostics go to stderr; stdout carries only the output
     ctl_app(prog_name="busctl")
 
+
+from bus.ctl_webhook import webhook_app  # noqa: E402  (the sub-app imports from this module)
+
+ctl_app.add_typer(webhook_app, name="webhook")

@@ -416,7 +416,10 @@ class Sender:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
+        os_error = exc.os_error
+        # asyncio words a refused connection "Connect call failed (addr)": the errno says it plainly
+        why = os.strerror(os_error.errno) if (os_error.errno or 0) > 0 else (os_error.strerror or str(os_error))
+        return f"cannot connect to {exc.host}:{exc.port}: {why}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
