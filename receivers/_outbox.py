@@ -165,6 +165,11 @@ class Outbox:
         row = self.db.execute("SELECT created FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1", (self.cursor,)).fetchone()
         return None if row is None else float(row[0])
 
+    @property
+    def unsaved(self) -> bool:
+        """Whether the cursor moved since the last :meth:`save`."""
+        return self.cursor != self._saved_cursor
+
     def save(self) -> None:
         """Commit the cursor and counters, and delete delivered rows beyond :data:`KEEP_DELIVERED`."""
         if self.cursor == self._saved_cursor:

@@ -133,7 +133,10 @@ WEBHOOK_OPTIONS: dict[str, Option] = {
 }
 
 BATCH = 256
-"""Events read from the outbox at a time; the cursor is saved after each batch (and when idle)."""
+"""Events read from the outbox at a time."""
+
+SAVE_INTERVAL = 0.2
+"""Seconds between two saves of an outbox's cursor while delivering (what a crash may send again)."""
 
 JWT_LIFETIME = 60
 """Seconds a JWT stays valid after the request is made (glustereventsd's value)."""
@@ -367,7 +370,9 @@ class Sender:
     def _open(self) -> aiohttp.ClientSession:
         if self.session is None:
             connector = aiohttp.TCPConnector(limit=self.settings["concurrency"], ssl=self._ssl())
+            # no cookies: a webhook is stateless, and the jar costs time on every request
             self.session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": self.user_agent},
+                                                 cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
                                                  timeout=aiohttp.ClientTimeout(total=self.settings["timeout"]))
         return self.session
 
@@ -418,7 +423,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
         # asyncio words a refused connection "Connect call failed (addr)": the errno says it plainly
-        why = os.strerror(os_error.errno) if (os_error.errno or 0) > 0 else (os_error.strerror or str(os_error))
+        errno = os_error.errno or 0
+        why = os.strerror(errno) if errno > 0 else (os_error.strerror or str(os_error))
         return f"cannot connect to {exc.host}:{exc.port}: {why}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -557,16 +563,26 @@ class Webhook(Receiver):
     # -- delivery ------------------------------------------------------------------------------
 
     async def _deliver(self, hook: Hook) -> None:
-        """Send the webhook's events oldest first, a window of ``concurrency`` at a time, forever."""
+        """Send the webhook's events oldest first, a window of ``concurrency`` at a time, forever.
+
+        The outbox's cursor is saved every :data:`SAVE_INTERVAL` seconds and when the outbox has
+        been empty that long, not after each request: a crash resends at most that much.
+        """
         window_size = hook.settings["concurrency"]
+        loop = asyncio.get_running_loop()
+        saved = loop.time()
         while True:
             outbox = await self._outbox(hook)
             try:
+                hook.wake.clear()  # no await until the peek: an event queued after it sets wake again
                 rows = outbox.peek(BATCH)
                 if not rows:
-                    outbox.save()
-                    hook.wake.clear()
-                    if not outbox.peek(1):
+                    if outbox.unsaved:
+                        try:
+                            await asyncio.wait_for(hook.wake.wait(), SAVE_INTERVAL)
+                        except TimeoutError:
+                            outbox.save()
+                    else:
                         await hook.wake.wait()
                     continue
                 cutoff = time.time() - hook.settings["max_age"]
@@ -580,7 +596,9 @@ class Webhook(Receiver):
                         break
                     if not await self._send_window(hook, outbox, rows[start:start + window_size]):
                         break
-                outbox.save()
+                if loop.time() - saved >= SAVE_INTERVAL:
+                    outbox.save()
+                    saved = loop.time()
             except sqlite3.Error as exc:
                 hook.last_error = {"time": time.time(), "status": None, "error": f"outbox {hook.path}: {exc}"}
                 self.log.error("webhook_outbox_read_failed", webhook=hook.name, path=str(hook.path), error=str(exc))
