@@ -24,7 +24,8 @@ Formats:
 
 * ``gluster`` (default): the body glustereventsd POSTs, byte for byte: ``json.dumps({"nodeid",
   "ts", "event", "message"}, sort_keys=True)``. For events of the ``gluster`` parser these come
-  from its extensions ``nodeid``, ``ts``, ``gluster_event`` and ``message``; other events map to
+  from its extensions ``nodeid`` (``null`` when unknown, as glustereventsd sends it), ``ts``,
+  ``gluster_event`` and ``message``; other events map to
   ``nodeid`` = the event's hostname, ``ts`` = its timestamp in whole seconds, ``event`` = its
   ``event_type`` and ``message`` = ``{"msg", "system", "severity", "dev_name", "dev_wwid",
   "event_id", "source", "extensions"}``, so gluster consumers get every event in a shape they parse.
@@ -272,8 +273,9 @@ def gluster_message(event: Event) -> dict[str, Any]:
         ts = int(event.get("timestamp", 0))
         with contextlib.suppress(KeyError, TypeError, ValueError):
             ts = int(ext["ts"])
-        return {"nodeid": ext.get("nodeid") or event.get("hostname", ""), "ts": ts, "event": ext["gluster_event"],
-                "message": ext["message"]}
+        # a node id the parser could not learn stays null, as glustereventsd sends it
+        return {"nodeid": ext["nodeid"] if "nodeid" in ext else event.get("hostname", ""), "ts": ts,
+                "event": ext["gluster_event"], "message": ext["message"]}
     return {"nodeid": event.get("hostname", ""), "ts": int(event.get("timestamp", 0)),
             "event": event.get("event_type", ""),
             "message": {"msg": event.get("msg", ""), "system": event.get("system", ""),

@@ -60,6 +60,10 @@ def test_gluster_body_is_byte_for_byte_what_glustereventsd_posts() -> None:
     assert body == (b'{"event": "VOLUME_CREATE", "message": {"name": "gv1"}, '
                     b'"nodeid": "95cd599c-5d87-43c1-8fba-b12821fd41b6", "ts": 1468303352}')
     assert (subject, issued_at) == ("VOLUME_CREATE", 1468303352)
+    # the node id the parser could not learn is null, as glustereventsd posts it (not the hostname)
+    event = gluster_event()
+    event["extensions"]["nodeid"] = None
+    assert json.loads(wh.render("gluster", event)[0])["nodeid"] is None
 
 
 def test_gluster_body_of_other_events_and_busd_format() -> None:
