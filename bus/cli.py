@@ -409,6 +409,12 @@ def plugin_statuses(config: str | None, builtin: str) -> list[dict[str, Any]]:
     return out
 
 
+from bus.ctl_config import config_app, snippets_app  # noqa: E402  (the sub-apps import this module)
+
+ctl_app.add_typer(config_app, name="config")
+ctl_app.add_typer(snippets_app)
+
+
 def busctl() -> None:
     """Console script ``busctl``."""
     configure("warning")  # diagnostics go to stderr; stdout carries only the output

@@ -63,8 +63,8 @@ from bus import protocol
 from bus.config import expand_include, load, peek_main
 from bus.exceptions import BusError, ConfigError, ControlError
 
-__all__ = ["DEFAULT_INCLUDE", "ConfigEditor", "EditError", "Outcome", "Transaction", "del_key", "get_key",
-           "parse_value", "set_key"]
+__all__ = ["DEFAULT_INCLUDE", "ConfigEditor", "EditError", "Outcome", "Transaction", "del_key", "format_value",
+           "get_key", "parse_value", "plugin_text", "set_key"]
 
 DEFAULT_INCLUDE = "conf.d/*.toml"
 """The include glob added to ``[main]`` when a configuration has none that snippets fit in."""
@@ -121,6 +121,26 @@ def _to_item(value: Any) -> Any:
         array.extend(_to_item(v) for v in value)
         return array
     return tomlkit.item(value)
+
+
+def format_value(value: Any) -> str:
+    """Return a value as TOML text (``true``, ``"x"``, ``["a", "b"]``, ``{severity = "warn"}``)."""
+    return str(_to_item(value).as_string())
+
+
+def plugin_text(name: str, table: Any) -> str:
+    """Return ``[plugins.NAME]`` and its body as TOML text, comments included.
+
+    The comment lines above the next table, which tomlkit keeps at the end of this one, are left out.
+    """
+    doc = tomlkit.document()
+    plugins = tomlkit.table(is_super_table=True)
+    plugins.add(name, table)
+    doc.add("plugins", plugins)
+    lines = tomlkit.dumps(doc).splitlines()
+    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("#")):
+        lines.pop()
+    return "\n".join(lines) + "\n"
 
 
 def _body(container: Any) -> Container | None:
@@ -380,7 +400,7 @@ class ConfigEditor:
 
     def main_files(self, key: str) -> list[Path]:
         """Return the files whose ``[main]`` sets ``key`` (snippets may set [main] keys too)."""
-        return [f for f in self.files() if get_key(self.doc(f), ("main", key)) is not None]
+        return self.defined_in(None, (key,))
 
     @property
     def snippet_dir(self) -> Path:
@@ -518,12 +538,13 @@ class ConfigEditor:
         with self.transaction() as tx:
             plugin, keys = self.resolve(dotted)
             full = ("main", *keys) if plugin is None else ("plugins", plugin, *keys)
-            files = self._defining(plugin, keys) or (
+            files = self.defined_in(plugin, keys) or (
                 [self.main_path] if plugin is None else self.plugins()[plugin])
             set_key(tx.doc(files[-1]), full, value)
         return tx.outcome
 
-    def _defining(self, plugin: str | None, keys: tuple[str, ...]) -> list[Path]:
+    def defined_in(self, plugin: str | None, keys: tuple[str, ...]) -> list[Path]:
+        """Return the files that set ``keys`` of ``plugin`` (``None``: of ``[main]``), in reading order."""
         full = ("main", *keys) if plugin is None else ("plugins", plugin, *keys)
         return [f for f in self.files() if get_key(self.doc(f), full) is not None]
 
@@ -532,7 +553,7 @@ class ConfigEditor:
         with self.transaction() as tx:
             plugin, keys = self.resolve(dotted)
             full = ("main", *keys) if plugin is None else ("plugins", plugin, *keys)
-            for file in self._defining(plugin, keys):
+            for file in self.defined_in(plugin, keys):
                 del_key(tx.doc(file), full)
         return tx.outcome
 

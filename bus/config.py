@@ -38,6 +38,8 @@ __all__ = [
 PLUGIN_TYPES = ("collector", "parser", "receiver")
 _PACKAGES = {"collector": "collectors", "parser": "parsers", "receiver": "receivers"}
 _RESERVED = ("type", "builtin", "exec", "filter", "enabled")
+RESERVED_KEYS = _RESERVED
+"""The keys of a plugin table that busd itself uses; every other key is the plugin's own option."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REQUIRED: Any = object()
 _DEFAULT_KINDS = {"parser": ("raw",), "receiver": ("synthetic",)}
@@ -105,6 +107,8 @@ _MAIN_OPTIONS: dict[str, Option] = {
     "min_uptime": Option(float, 10.0, "a run shorter than this is a fast crash, seconds"),
     "stop_timeout": Option(float, 1.5, "SIGTERM to SIGKILL delay when stopping a plugin, seconds"),
 }
+MAIN_OPTIONS = _MAIN_OPTIONS
+"""The keys of ``[main]`` (``busctl config get`` lists them with their defaults)."""
 
 
 def default_path() -> str:

@@ -18,7 +18,9 @@ def notify(*states: str) -> bool:
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         try:
-            sock.sendto("\n".join(states).encode(), address)
+            # never block the event loop: a notify socket nobody reads (its queue holds only
+            # net.unix.max_dgram_qlen datagrams) would otherwise freeze busd on its next reload
+            sock.sendto("\n".join(states).encode(), socket.MSG_DONTWAIT, address)
         except OSError:
             return False
     return True
