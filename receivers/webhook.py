@@ -366,7 +366,11 @@ class Sender:
         if not self.settings["verify_tls"]:
             return False
         if self.settings["ca_file"]:
-            return ssl.create_default_context(cafile=str(self.base / self.settings["ca_file"]))
+            path = self.base / self.settings["ca_file"]
+            try:
+                return ssl.create_default_context(cafile=str(path))
+            except (OSError, ssl.SSLError) as exc:  # read again at the next attempt: a fixed file is picked up
+                raise ValueError(f"ca_file {path}: {getattr(exc, 'strerror', None) or exc}") from None
         return True
 
     def _open(self) -> aiohttp.ClientSession:
@@ -422,6 +426,10 @@ class Sender:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        why = getattr(cert_error, "verify_message", "") or str(cert_error)
+        return f"TLS certificate of {exc.host}:{exc.port} not accepted: {why} (ca_file, verify_tls)"
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
         # asyncio words a refused connection "Connect call failed (addr)": the errno says it plainly
@@ -430,6 +438,8 @@ def _describe(exc: BaseException) -> str:
         return f"cannot connect to {exc.host}:{exc.port}: {why}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
+    if isinstance(exc, ValueError) and str(exc):  # ours (ca_file) or aiohttp's (a bad URL): already worded
+        return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

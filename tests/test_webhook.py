@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import sqlite3
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +110,35 @@ def test_request_headers_bearer_jwt_signature() -> None:
     assert not wh.verify_signature("wrong", headers, body)
     assert not wh.verify_signature("sig", headers, body, now=now + 301)
     assert not wh.verify_signature("sig", {}, body)
+
+
+def test_tls_is_verified_against_the_system_or_ca_file_unless_disabled(tmp_path: Path) -> None:
+    crt, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(crt, key)
+    server = WebhookServer(tls=tls).up()
+    event = gluster_event()
+
+    async def post(**table: Any) -> wh.Attempt:
+        sender = wh.Sender(settings(url=server.url + "/t", **table), base=tmp_path)
+        try:
+            return await sender.post(event)
+        finally:
+            await sender.close()
+
+    try:
+        strict = asyncio.run(post())
+        assert strict.outcome == "retry" and "certificate" in strict.error and strict.status is None
+        assert asyncio.run(post(ca_file="cert.pem")).outcome == "delivered"  # relative to the configuration
+        assert asyncio.run(post(verify_tls=False)).outcome == "delivered"
+        missing = asyncio.run(post(ca_file="nothere.pem"))
+        assert missing.outcome == "retry" and missing.error.startswith(f"ca_file {tmp_path}/nothere.pem: No such file")
+        assert len(server.received()) == 2
+    finally:
+        server.close()
 
 
 # -- configuration ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A real webhook server for tests: aiohttp on 127.0.0.1 in a thread, recording every request.
+"""A real webhook server for tests: aiohttp on 127.0.0.1 (optionally TLS) in a thread, recording every request.
 
 It can be taken down and brought back on the same port, and told which status to answer.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ def free_port() -> int:
 class WebhookServer:
     """Records POSTs; ``status`` (a number or a function of the request) decides the answer."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.port = port or free_port()
+        self.tls = tls
         self.requests: list[Request] = []
         self.status: int | Callable[[Request], int] = 200
         self.lock = threading.Lock()
@@ -56,7 +58,7 @@ class WebhookServer:
     @property
     def url(self) -> str:
         """The base URL."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def _handle(self, request: web.Request) -> web.Response:
         req = Request(request.path, dict(request.headers), await request.read())
@@ -71,7 +73,7 @@ class WebhookServer:
         app.router.add_post("/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True).start()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self.tls).start()
 
     async def _stop(self) -> None:
         if self.runner is not None:
