@@ -47,7 +47,7 @@ the outbox keeps what was. An event leaves the outbox only after a 2xx answer. P
 go out oldest first (with ``concurrency = N``, N at a time on N keep-alive connections: order may
 vary within those N); a failed request (no connection, timeout, 5xx, any 4xx not listed in
 ``reject_status``) is retried with exponential backoff and jitter (0.25 s doubling up to
-``retry_max``, ``Retry-After`` honoured) and holds back the events behind it, for up to ``max_age``
+``retry_max``; a ``Retry-After`` up to ``retry_max`` is honoured) and holds back the events behind it, for up to ``max_age``
 seconds after the event was queued. Delivery is at least once: a request that reached the server
 but whose answer was lost, or whose success was not saved yet when the process was killed, is sent
 again (with the same ``X-Busd-Event-Id``).

@@ -236,7 +236,14 @@ async def _until(predicate: Any, timeout: float = 10.0) -> None:
 
 def test_receiver_filters_retries_rejects_and_reports_status(tmp_path: Path, server: WebhookServer) -> None:
     bad = set()
-    server.status = lambda req: 400 if req.header("X-Busd-Event-Id") in bad else 200
+    unauthorized = [401, 401]  # the first two requests (the server's token was not set up yet): retried
+
+    def answer(req: Any) -> int:
+        if unauthorized:
+            return unauthorized.pop()
+        return 400 if req.header("X-Busd-Event-Id") in bad else 200
+
+    server.status = answer
     plugin = receiver(tmp_path, [
         {"url": server.url + "/gluster", "filter": {"system": "gluster"}, "secret": SECRET},
         {"url": server.url + "/all", "name": "all", "format": "busd", "bearer_token": "t", "signing_key": "sig"},
@@ -268,7 +275,9 @@ def test_receiver_filters_retries_rejects_and_reports_status(tmp_path: Path, ser
     hooks = {h["name"]: h for h in status["webhooks"]}
     assert hooks["all"]["depth"] == 0 and hooks["all"]["delivered"] == 2 and hooks["all"]["rejected"] == 1
     assert hooks["127.0.0.1-" + str(server.port) + "-gluster"]["delivered"] == 2
-    assert hooks["all"]["last_success"] and hooks["all"]["last_error"] is None
+    errors = [h["last_error"] for h in hooks.values() if h["last_error"]]
+    assert errors and all(e["status"] == 401 and e["error"].startswith("HTTP 401 Unauthorized") for e in errors)
+    assert all(h["last_success"] > h["last_error"]["time"] for h in hooks.values() if h["last_error"])
     assert plugin.counters["delivered"] == 4 and plugin.counters["dropped"] == 1
 
 
