@@ -23,7 +23,7 @@ from tomlkit.items import AoT, Array, Table
 
 from bus.cli import ConfigOpt, _ctl_options, _fail, _load, plugin_statuses
 from bus.confedit import ConfigEditor, EditError, Transaction, get_key, set_key
-from bus.config import default_path, plugin_options
+from bus.config import Config, default_path, load, plugin_options
 from bus.exceptions import ConfigError
 
 __all__ = ["webhook_app"]
@@ -299,11 +299,10 @@ def delete(
     _report(tx, f"removed webhook {old_name} from receiver {target}")
 
 
-def _configured(config: str | None) -> list[dict[str, Any]]:
+def _webhooks_of(cfg: Config) -> list[dict[str, Any]]:
     """Every configured webhook's complete settings, with its receiver's name and directory."""
     from receivers.webhook import webhook_settings
 
-    cfg = _load(_config(config))
     out = []
     for name, plugin in cfg.plugins.items():
         if plugin.builtin != "webhook" or plugin.type != "receiver":
@@ -311,6 +310,11 @@ def _configured(config: str | None) -> list[dict[str, Any]]:
         for settings in webhook_settings(plugin_options("receiver", "webhook", plugin.table)):
             out.append({"receiver": name, "base": str(Path(plugin.file).parent), **settings})
     return out
+
+
+def _configured(config: str | None) -> list[dict[str, Any]]:
+    """The configured webhooks (a configuration that does not load ends the command with its error)."""
+    return _webhooks_of(_load(_config(config)))
 
 
 def _public(settings: dict[str, Any]) -> dict[str, Any]:
@@ -350,15 +354,17 @@ def test(
     config: ConfigOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """POST a WEBHOOK_TEST event as the receiver would; print the status and latency (exit 1 on failure)."""
-    from receivers.webhook import OPTIONS, Sender, test_event, webhook_settings
+    from receivers.webhook import OPTIONS, Sender, probe_event, webhook_settings
 
     hostname, base, table = socket.gethostname(), Path.cwd(), {"url": webhook}
+    configured: list[dict[str, Any]] = []
     try:
-        cfg = _load(_config(config))
+        cfg = load(_config(config))
         hostname = cfg.main.hostname
-        configured = [h for h in _configured(config) if webhook in (h["name"], h["url"])]
-    except typer.Exit:  # no usable configuration: a bare URL still works
-        configured = []
+        configured = [h for h in _webhooks_of(cfg) if webhook in (h["name"], h["url"])]
+    except ConfigError as exc:
+        if "://" not in webhook:  # a name needs the configuration; a bare URL does not
+            raise _fail(str(exc)) from None
     if configured:
         table = {k: v for k, v in configured[0].items() if k not in ("receiver", "base")}
         base = Path(configured[0]["base"])
@@ -374,7 +380,7 @@ def test(
 
     async def post() -> Any:
         try:
-            return await sender.post(test_event(hostname))
+            return await sender.post(probe_event(hostname))
         finally:
             await sender.close()
 

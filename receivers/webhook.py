@@ -443,7 +443,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def test_event(hostname: str) -> Event:
+def probe_event(hostname: str) -> Event:
     """Return the event ``busctl webhook test`` sends (system ``webhook``, type ``WEBHOOK_TEST``)."""
     return new_event("webhook", "WEBHOOK_TEST", f"test delivery from busd on {hostname}", kind="synthetic",
                      hostname=hostname, extensions={"test": True})
