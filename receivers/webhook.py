@@ -44,13 +44,14 @@ Delivery guarantees: every matching event is committed to the webhook's outbox (
 ``<state_dir>/<plugin>/<name>.sqlite``) before the receiver reports it handled to busd, so a crash,
 restart or reload of busd or of the receiver loses nothing: the bus replays what was not reported,
 the outbox keeps what was. An event leaves the outbox only after a 2xx answer. Per webhook, events
-go out oldest first (with ``concurrency = N``, N at a time on N keep-alive connections: order may
-vary within those N); a failed request (no connection, timeout, 5xx, any 4xx not listed in
-``reject_status``) is retried with exponential backoff and jitter (0.25 s doubling up to
-``retry_max``; a ``Retry-After`` up to ``retry_max`` is honoured) and holds back the events behind it, for up to ``max_age``
-seconds after the event was queued. Delivery is at least once: a request that reached the server
-but whose answer was lost, or whose success was not saved yet when the process was killed, is sent
-again (with the same ``X-Busd-Event-Id``).
+go out oldest first (with ``concurrency = N``, a sliding window of N requests in flight on N
+keep-alive connections: order may vary within those N); a failed request (no connection, timeout,
+5xx, any 4xx not listed in ``reject_status``) is retried with exponential backoff and jitter (0.25 s
+doubling up to ``retry_max``; a ``Retry-After`` up to ``retry_max`` is honoured) and holds back the
+events behind it, for up to ``max_age`` seconds after the event was queued. Delivery is at least
+once: a request that reached the server but whose answer was lost, or whose success was not saved
+yet when the process was killed (at most 0.05 s of deliveries), is sent again (with the same
+``X-Busd-Event-Id``).
 
 Losses are explicit, counted, logged and reported as a ``WEBHOOK_EVENTS_DROPPED`` event (system
 ``webhook``, severity ``warn``, dev_name the webhook's name; at most one per webhook every
@@ -575,14 +576,11 @@ class Webhook(Receiver):
     # -- delivery ------------------------------------------------------------------------------
 
     async def _deliver(self, hook: Hook) -> None:
-        """Send the webhook's events oldest first, a window of ``concurrency`` at a time, forever.
+        """Send the webhook's events oldest first, up to ``concurrency`` requests in flight, forever.
 
         The outbox's cursor is saved every :data:`SAVE_INTERVAL` seconds and when the outbox has
         been empty that long, not after each request: a crash resends at most that much.
         """
-        window_size = hook.settings["concurrency"]
-        loop = asyncio.get_running_loop()
-        saved = loop.time()
         while True:
             outbox = await self._outbox(hook)
             try:
@@ -601,77 +599,122 @@ class Webhook(Receiver):
                 if rows[0].created < cutoff:
                     self._dropped(hook, "expired", outbox.expire(cutoff))
                     continue
-                deletions = outbox.deletions
-                for start in range(0, len(rows), window_size):
-                    # events dropped meanwhile (outbox full) may be among the rows read: read again
-                    if outbox.deletions != deletions:
-                        break
-                    if not await self._send_window(hook, outbox, rows[start:start + window_size]):
-                        break
-                    if loop.time() - saved >= SAVE_INTERVAL:
-                        outbox.save()
-                        saved = loop.time()
+                await self._send_rows(hook, outbox, rows)
             except sqlite3.Error as exc:
                 hook.last_error = {"time": time.time(), "status": None, "error": f"outbox {hook.path}: {exc}"}
                 self.log.error("webhook_outbox_read_failed", webhook=hook.name, path=str(hook.path), error=str(exc))
                 await asyncio.sleep(1.0)
 
-    async def _send_window(self, hook: Hook, outbox: Outbox, window: list[Row]) -> bool:
-        """Deliver a window of events, retrying the failed ones; return False when some expired meanwhile.
+    async def _send_rows(self, hook: Hook, outbox: Outbox, rows: list[Row]) -> None:
+        """Send rows in order, keeping up to ``concurrency`` requests in flight (a sliding window).
 
-        If the task is cancelled meanwhile, the outbox's cursor stays put: the whole window is sent
-        again by the next run (at least once).
+        The cursor advances over the longest prefix of rows that are done with. When a request
+        fails, no new one starts: the ones in flight finish, then the failed ones are retried
+        (:meth:`_retry`) before the next rows go. Stops early when events were dropped meanwhile
+        (outbox full: the rows read may be gone), so the caller reads again.
+        If the task is cancelled, rows not yet under the cursor are sent again by the next run.
         """
-        hook.keep_from = window[-1].seq + 1
-        counts = {"delivered": 0, "rejected": 0, "expired": 0}
-        events = {row.seq: json.loads(row.event) for row in window}
+        limit = hook.settings["concurrency"]
         sender = hook.sender
+        deletions = outbox.deletions
+        loop = asyncio.get_running_loop()
+        saved = loop.time()
+        outcomes: dict[int, str] = {}
+        inflight: dict[asyncio.Future[Attempt], Row] = {}
+        failed: list[tuple[Row, Attempt]] = []
+        started = resolved = 0
         try:
-            pending = window
-            while pending:
-                if len(pending) == 1:
-                    attempts = [await sender.post(events[pending[0].seq])]
-                else:
-                    attempts = await asyncio.gather(*(sender.post(events[row.seq]) for row in pending))
-                retry = []
-                for row, attempt in zip(pending, attempts, strict=True):
-                    if attempt.outcome == "delivered":
-                        counts["delivered"] += 1
-                    elif attempt.outcome == "rejected":
-                        counts["rejected"] += 1
-                        self.log.error("webhook_event_rejected", webhook=hook.name, url=redact(sender.url),
-                                       event_id=row.event_id, error=attempt.error,
-                                       reason="the status is in reject_status: the event is dropped, not retried")
-                    else:
-                        retry.append((row, attempt))
-                now = time.time()
-                if len(retry) < len(pending):
-                    hook.last_success = now
-                    hook.outage.succeeded()
-                if not retry:
-                    break
-                first = retry[0][1]
-                hook.last_error = {"time": now, "status": first.status, "error": first.error}
-                self.count("failed_attempts", len(retry))
-                delay = hook.outage.failed(first.error, waiting=outbox.depth) * random.uniform(0.5, 1.0)
-                if first.retry_after is not None:
-                    delay = max(delay, min(first.retry_after, hook.settings["retry_max"]))
-                self._status_dirty.set()
-                await asyncio.sleep(delay)
+            while True:
                 cutoff = time.time() - hook.settings["max_age"]
-                pending = [row for row, _ in retry if row.created >= cutoff]
-                counts["expired"] += len(retry) - len(pending)
-            outbox.done(window[-1].seq, **counts)
-            hook.delivered += counts["delivered"]
-            if counts["delivered"]:
-                self.count("delivered", counts["delivered"])
-            for reason in ("rejected", "expired"):
-                if counts[reason]:
-                    self._dropped(hook, reason, counts[reason])
-            return not counts["expired"]
+                while started < len(rows) and len(inflight) < limit and not failed and outbox.deletions == deletions:
+                    row = rows[started]
+                    started += 1
+                    hook.keep_from = row.seq + 1
+                    if row.created < cutoff:
+                        outcomes[row.seq] = "expired"
+                    else:
+                        inflight[asyncio.ensure_future(sender.post(json.loads(row.event)))] = row
+                if not inflight:
+                    if not failed:
+                        break
+                    outcomes.update(await self._retry(hook, outbox, failed))
+                    failed = []
+                else:
+                    finished, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    attempts = [(inflight.pop(task), task.result()) for task in finished]
+                    for row, attempt in attempts:
+                        if attempt.outcome == "retry":
+                            failed.append((row, attempt))
+                        else:
+                            outcomes[row.seq] = attempt.outcome
+                            if attempt.outcome == "rejected":
+                                self._rejected(hook, row, attempt)
+                    if len(failed) < len(attempts):
+                        hook.last_success = time.time()
+                        hook.outage.succeeded()
+                    failed.sort(key=lambda f: f[0].seq)
+                # the cursor moves over the longest prefix that is done with
+                counts = {"delivered": 0, "rejected": 0, "expired": 0}
+                while resolved < started and rows[resolved].seq in outcomes:
+                    counts[outcomes.pop(rows[resolved].seq)] += 1
+                    resolved += 1
+                if resolved and any(counts.values()):
+                    outbox.done(rows[resolved - 1].seq, **counts)
+                    self._account(hook, counts)
+                    if loop.time() - saved >= SAVE_INTERVAL:
+                        outbox.save()
+                        saved = loop.time()
         finally:
+            for task in inflight:
+                task.cancel()
             hook.keep_from = 0
             self._status_dirty.set()
+
+    async def _retry(self, hook: Hook, outbox: Outbox, failed: list[tuple[Row, Attempt]]) -> dict[int, str]:
+        """Retry failed rows (all together) with backoff until each is delivered, rejected or expired."""
+        outcomes: dict[int, str] = {}
+        sender = hook.sender
+        while failed:
+            first = failed[0][1]
+            hook.last_error = {"time": time.time(), "status": first.status, "error": first.error}
+            self.count("failed_attempts", len(failed))
+            delay = hook.outage.failed(first.error, waiting=outbox.depth) * random.uniform(0.5, 1.0)
+            if first.retry_after is not None:
+                delay = max(delay, min(first.retry_after, hook.settings["retry_max"]))
+            self._status_dirty.set()
+            await asyncio.sleep(delay)
+            cutoff = time.time() - hook.settings["max_age"]
+            for row, _ in failed:
+                if row.created < cutoff:
+                    outcomes[row.seq] = "expired"
+            pending = [row for row, _ in failed if row.seq not in outcomes]
+            attempts = await asyncio.gather(*(sender.post(json.loads(row.event)) for row in pending))
+            failed = []
+            for row, attempt in zip(pending, attempts, strict=True):
+                if attempt.outcome == "retry":
+                    failed.append((row, attempt))
+                else:
+                    outcomes[row.seq] = attempt.outcome
+                    if attempt.outcome == "rejected":
+                        self._rejected(hook, row, attempt)
+            if len(failed) < len(pending):
+                hook.last_success = time.time()
+                hook.outage.succeeded()
+        return outcomes
+
+    def _rejected(self, hook: Hook, row: Row, attempt: Attempt) -> None:
+        self.log.error("webhook_event_rejected", webhook=hook.name, url=redact(hook.sender.url), event_id=row.event_id,
+                       error=attempt.error, reason="the status is in reject_status: the event is dropped, not retried")
+
+    def _account(self, hook: Hook, counts: dict[str, int]) -> None:
+        """Count what the cursor passed: deliveries, and drops (rejected, expired) to report."""
+        if counts["delivered"]:
+            hook.delivered += counts["delivered"]
+            self.count("delivered", counts["delivered"])
+        for reason in ("rejected", "expired"):
+            if counts[reason]:
+                self._dropped(hook, reason, counts[reason])
+        self._status_dirty.set()
 
     # -- reports and status --------------------------------------------------------------------
 
