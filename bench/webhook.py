@@ -16,7 +16,9 @@ with a fresh busd and outbox:
   -> the server; the clock runs from the first emit to the last receipt.
 
 Reported: deliveries/s (N / time from the first to the last receipt; for ``live``, from the first
-emit), duplicates and out-of-order arrivals, and the target (2 000/s).
+emit), the receiver's CPU time per event (and the rate one core of it would sustain: the figure
+that holds on a machine busy with other work, where the wall-clock rate depends on the neighbours),
+the server's, duplicates and out-of-order arrivals, and the target (2 000/s).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import psutil
 from run import BUSD, PY, ROOT, say, toml_str, wait_for
 
 TARGET = 2000.0
@@ -93,6 +96,12 @@ class Server:
         assert self.proc.stdout is not None
         self.proc.stdout.readline()
 
+    def cpu(self) -> float:
+        """CPU seconds the server process has used so far."""
+        assert self.proc is not None
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return float(t.user + t.system)
+
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=5) as resp:
             return dict(json.loads(resp.read()))
@@ -141,6 +150,18 @@ signing_key = "bench"
         if not wait_for(lambda: self.depth() is not None, 30):
             raise SystemExit(f"the webhook receiver did not start; see {self.dir / 'busd.log'}")
 
+    def receiver_cpu(self) -> float:
+        """CPU seconds the webhook receiver process has used so far."""
+        assert self.proc is not None
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if "receivers.webhook" in " ".join(child.cmdline()):
+                    t = child.cpu_times()
+                    return float(t.user + t.system)
+            except psutil.Error:
+                continue
+        return 0.0
+
     def depth(self) -> int | None:
         try:
             status = json.loads((self.dir / "run" / "status" / "wh.json").read_text())
@@ -185,11 +206,15 @@ def backlog(n: int, concurrency: int) -> dict[str, Any]:
         run.emit(n)
         if not wait_for(lambda: run.depth() == n, 120):
             raise SystemExit(f"the outbox holds {run.depth()} events, not {n}")
+        client_cpu = run.receiver_cpu()
         server.start()
+        server_cpu = server.cpu()
         if not wait_for(lambda: server.stats()["distinct"] >= n, 300, 0.1):
             raise SystemExit(f"only {server.stats()['distinct']} of {n} events arrived")
         s = server.stats()
         s["rate"] = n / (s["last"] - s["first"])
+        s["client_us"] = (run.receiver_cpu() - client_cpu) / n * 1e6
+        s["server_us"] = (server.cpu() - server_cpu) / n * 1e6
         return s
     finally:
         server.stop()
@@ -203,11 +228,14 @@ def live(n: int, concurrency: int) -> dict[str, Any]:
     try:
         server.start()
         run.start()
+        client_cpu, server_cpu = run.receiver_cpu(), server.cpu()
         started = run.emit(n)
         if not wait_for(lambda: server.stats()["distinct"] >= n, 300, 0.1):
             raise SystemExit(f"only {server.stats()['distinct']} of {n} events arrived")
         s = server.stats()
         s["rate"] = n / (s["last"] - started)
+        s["client_us"] = (run.receiver_cpu() - client_cpu) / n * 1e6
+        s["server_us"] = (server.cpu() - server_cpu) / n * 1e6
         return s
     finally:
         server.stop()
@@ -215,8 +243,9 @@ def live(n: int, concurrency: int) -> dict[str, Any]:
 
 
 def line(label: str, s: dict[str, Any], n: int) -> str:
-    return (f"{label:14} {s['rate']:8.0f} deliveries/s   (n={n}, received {s['count']}, duplicates {s['dupes']}, "
-            f"out of order {s['out_of_order']})")
+    return (f"{label:14} {s['rate']:8.0f} deliveries/s   receiver {s['client_us']:4.0f} us CPU/event "
+            f"(one core: {1e6 / s['client_us']:5.0f}/s), server {s['server_us']:4.0f} us   (n={n}, received "
+            f"{s['count']}, duplicates {s['dupes']}, out of order {s['out_of_order']})")
 
 
 def main() -> int:
