@@ -419,8 +419,10 @@ def busctl() -> None:
 from bus.ctl_config import config_app, snippets_app  # noqa: E402
 from bus.ctl_gluster import app as _gluster_app  # noqa: E402
 from bus.ctl_promoter import app as _promoter_app  # noqa: E402
+from bus.ctl_webhook import webhook_app  # noqa: E402
 
 ctl_app.add_typer(config_app, name="config")
 ctl_app.add_typer(snippets_app)
 ctl_app.add_typer(_gluster_app, name="gluster")
 ctl_app.add_typer(_promoter_app, name="promoter")
+ctl_app.add_typer(webhook_app, name="webhook")
