@@ -41,6 +41,7 @@ test: venv system-deps lint
 
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/kmsg.py
 	$(BIN)/python bench/webhook.py
 	$(BIN)/python bench/websocket.py
 
