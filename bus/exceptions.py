@@ -39,3 +39,16 @@ class ConfigError(BusError):
 
 class ControlError(BusError):
     """A request to the running daemon failed (not running, timed out or refused)."""
+
+
+class BadInput(BusError, ValueError):
+    """Input a collector or parser cannot use (a garbage line, a malformed datagram).
+
+    ``kind`` is a short key naming the defect (for counters and one log line per kind), ``detail``
+    says what exactly was wrong.
+    """
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail

@@ -43,6 +43,7 @@ from typing import Any
 
 from bus.config import Option
 from bus.event import Event
+from bus.exceptions import BadInput
 from bus.plugin import Collector, run
 
 OPTIONS = {
@@ -75,13 +76,6 @@ _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\
 _INTEGER = re.compile(r"-?\d+$")
 
 
-class BadLine(ValueError):
-    """A line that is not an events2 line; ``kind`` names the defect."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass(slots=True)
@@ -108,7 +102,7 @@ def parse_line(text: str) -> Line:
     the first ``:``; a ``key:old->new`` value gives ``new`` in ``fields`` and ``old`` in ``old``.
 
     Raises:
-        BadLine: ``unknown_action``, ``unknown_object``, ``bad_field``, ``missing_key`` or
+        BadInput: ``unknown_action``, ``unknown_object``, ``bad_field``, ``missing_key`` or
             ``bad_integer``, with what was wrong.
     """
     words = text.split()
@@ -116,26 +110,26 @@ def parse_line(text: str) -> Line:
     if words and _TIMESTAMP.match(words[0]):
         timestamp = words.pop(0)
     if not words:
-        raise BadLine("unknown_action", "a timestamp and nothing else")
+        raise BadInput("unknown_action", "a timestamp and nothing else")
     action = words[0]
     if action not in ACTIONS:
-        raise BadLine("unknown_action", f"{action[:40]!r} is not one of {', '.join(ACTIONS)}")
+        raise BadInput("unknown_action", f"{action[:40]!r} is not one of {', '.join(ACTIONS)}")
     if len(words) < 2:
-        raise BadLine("unknown_object", f"nothing after {action!r}")
+        raise BadInput("unknown_object", f"nothing after {action!r}")
     obj = words[1]
     if obj == "-":
         if action != "exists":
-            raise BadLine("unknown_object", f"'-' only follows 'exists', not {action!r}")
+            raise BadInput("unknown_object", f"'-' only follows 'exists', not {action!r}")
         return Line(action, obj, timestamp=timestamp)
     if obj not in OBJECTS:
-        raise BadLine("unknown_object", f"{obj[:40]!r} is not one of {', '.join(OBJECTS)}")
+        raise BadInput("unknown_object", f"{obj[:40]!r} is not one of {', '.join(OBJECTS)}")
     if (obj == "helper") != (action in ("call", "response")):
-        raise BadLine("unknown_object", f"{action!r} does not go with {obj!r} (helpers are called and respond)")
+        raise BadInput("unknown_object", f"{action!r} does not go with {obj!r} (helpers are called and respond)")
     line = Line(action, obj, timestamp=timestamp)
     for word in words[2:]:
         key, sep, value = word.partition(":")
         if not sep or not key:
-            raise BadLine("bad_field", f"{word[:60]!r} is not key:value")
+            raise BadInput("bad_field", f"{word[:60]!r} is not key:value")
         old, arrow, new = value.partition("->")
         if arrow:
             line.old[key] = old
@@ -143,13 +137,13 @@ def parse_line(text: str) -> Line:
         line.fields[key] = value
     for key in REQUIRED_KEYS[obj]:
         if not line.fields.get(key):
-            raise BadLine("missing_key", f"{action} {obj} without {key!r}")
+            raise BadInput("missing_key", f"{action} {obj} without {key!r}")
     for key in INTEGER_KEYS:
         number = line.fields.get(key)
         if number is not None and not _INTEGER.match(number):
-            raise BadLine("bad_integer", f"{key}:{number[:40]} is not an integer")
+            raise BadInput("bad_integer", f"{key}:{number[:40]} is not an integer")
     if obj == "helper" and "status" in line.fields and not _INTEGER.match(line.fields["status"]):
-        raise BadLine("bad_integer", f"status:{line.fields['status'][:40]} is not an integer")
+        raise BadInput("bad_integer", f"status:{line.fields['status'][:40]} is not an integer")
     return line
 
 
@@ -191,7 +185,7 @@ class Drbd(Collector):
         return self.event("drbd", "DRBD_EVENTS2", text, dev_name=dev, dev_wwid=f"drbd:{dev}" if dev else "",
                           timestamp=ts, extensions=ext)
 
-    def on_bad(self, bad: BadLine, text: str) -> None:
+    def on_bad(self, bad: BadInput, text: str) -> None:
         """Count a skipped line; log the first of each kind with the line."""
         self.bad_counts[bad.kind] += 1
         self._status_dirty = True
@@ -204,14 +198,14 @@ class Drbd(Collector):
         try:
             text = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as exc:
-            self.on_bad(BadLine("invalid_utf8", f"not UTF-8 at offset {exc.start}"),
+            self.on_bad(BadInput("invalid_utf8", f"not UTF-8 at offset {exc.start}"),
                         raw.decode("utf-8", "backslashreplace"))
             return
         if not text.strip():
             return
         try:
             line = parse_line(text)
-        except BadLine as exc:
+        except BadInput as exc:
             self.on_bad(exc, text)
             return
         self.lines += 1
@@ -279,7 +273,7 @@ class Drbd(Collector):
             try:
                 raw = await stdout.readline()
             except ValueError:  # longer than MAX_LINE: asyncio dropped what it buffered
-                self.on_bad(BadLine("too_long", f"a line over {MAX_LINE} bytes"), "")
+                self.on_bad(BadInput("too_long", f"a line over {MAX_LINE} bytes"), "")
                 continue
             if not raw:
                 return

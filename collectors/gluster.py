@@ -57,8 +57,9 @@ from typing import Any
 
 from bus.config import Option
 from bus.event import Event
+from bus.exceptions import BadInput
 from bus.plugin import Collector, run
-from parsers._gluster_events import DEFAULT_PORT, MalformedDatagram, parse_datagram
+from parsers._gluster_events import DEFAULT_PORT, parse_datagram
 
 OPTIONS = {
     "bind": Option(list, ["127.0.0.1", "::1"], "IP addresses to listen on for event datagrams"),
@@ -194,11 +195,11 @@ class Gluster(Collector):
         sender = format_sender(addr)
         try:
             dgram = parse_datagram(data, self.max_size)
-        except MalformedDatagram as exc:
+        except BadInput as exc:
             malformed = self.counters["malformed"]
-            malformed[exc.reason] = malformed.get(exc.reason, 0) + 1
+            malformed[exc.kind] = malformed.get(exc.kind, 0) + 1
             if self.limiter.allow(time.monotonic()):
-                self.log.warning("gluster_malformed_datagram", reason=exc.reason, sender=sender, detail=exc.detail)
+                self.log.warning("gluster_malformed_datagram", reason=exc.kind, sender=sender, detail=exc.detail)
             return
         if len(self.pending) >= self.options["queue"]:
             self.counters["dropped"] += 1

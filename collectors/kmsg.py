@@ -46,6 +46,7 @@ from pathlib import Path
 
 from bus.config import Option
 from bus.event import Event
+from bus.exceptions import BadInput
 from bus.plugin import Collector, derive_id, run, write_atomic
 from collectors._io import readable
 
@@ -81,13 +82,6 @@ def unescape(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-class BadInput(ValueError):
-    """A line that cannot be part of a valid record; ``kind`` names the defect."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass(slots=True)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PORT", "EVENTS", "Datagram", "MalformedDatagram", "event_name", "parse_datagram"]
+from bus.exceptions import BadInput
+
+__all__ = ["DEFAULT_PORT", "EVENTS", "Datagram", "event_name", "parse_datagram"]
 
 DEFAULT_PORT = 55555
 """The port GlusterFS sends to (``EVENT_PORT``, fixed at build time); releases before 2021 used 24009."""
@@ -69,13 +71,6 @@ def event_name(index: int) -> str:
     return EVENTS[index] if 0 <= index < len(EVENTS) else f"UNKNOWN_{index}"
 
 
-class MalformedDatagram(ValueError):
-    """A datagram that is not a GlusterFS event; ``reason`` is a short key for counters."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -97,22 +92,22 @@ def parse_datagram(data: bytes, max_size: int = 65536) -> Datagram:
     second space may be empty (GlusterFS itself never sends an empty one).
 
     Raises:
-        MalformedDatagram: ``oversized``, ``not_utf8``, ``empty``, ``no_index``,
+        BadInput: ``oversized``, ``not_utf8``, ``empty``, ``no_index``,
             ``bad_timestamp`` or ``bad_index``, with the offending part.
     """
     if len(data) > max_size:
-        raise MalformedDatagram("oversized", f"{len(data)} bytes, more than max_size {max_size}")
+        raise BadInput("oversized", f"{len(data)} bytes, more than max_size {max_size}")
     try:
         text = data.strip().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MalformedDatagram("not_utf8", f"byte {exc.start} is not UTF-8: {data[:80]!r}") from None
+        raise BadInput("not_utf8", f"byte {exc.start} is not UTF-8: {data[:80]!r}") from None
     if not text:
-        raise MalformedDatagram("empty", "an empty datagram")
+        raise BadInput("empty", "an empty datagram")
     parts = text.split(" ", 2)
     if len(parts) < 2:
-        raise MalformedDatagram("no_index", f"no event index after the time stamp: {text[:80]!r}")
+        raise BadInput("no_index", f"no event index after the time stamp: {text[:80]!r}")
     if not _TS.fullmatch(parts[0]):
-        raise MalformedDatagram("bad_timestamp", f"time stamp {parts[0][:40]!r} is not a decimal number")
+        raise BadInput("bad_timestamp", f"time stamp {parts[0][:40]!r} is not a decimal number")
     if not _INDEX.fullmatch(parts[1]):
-        raise MalformedDatagram("bad_index", f"event index {parts[1][:40]!r} is not a decimal number")
+        raise BadInput("bad_index", f"event index {parts[1][:40]!r} is not a decimal number")
     return Datagram(text, int(parts[0]), int(parts[1]), parts[2] if len(parts) == 3 else "")

@@ -58,8 +58,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from bus.event import Event
+from bus.exceptions import BadInput
 from bus.plugin import Parser, run
-from parsers._gluster_events import EVENTS, MalformedDatagram, event_name, parse_datagram
+from parsers._gluster_events import EVENTS, event_name, parse_datagram
 
 OPTIONS: dict[str, Any] = {}
 FILTER = {"system": ["gluster"], "kind": "raw"}
@@ -179,8 +180,8 @@ class Gluster(Parser):
         if not isinstance(index, int) or isinstance(index, bool) or not isinstance(text, str):
             try:
                 dgram = parse_datagram(str(event.get("msg", "")).encode())
-            except MalformedDatagram as exc:
-                self.log.warning("gluster_bad_event", event_id=event.get("event_id"), reason=exc.reason,
+            except BadInput as exc:
+                self.log.warning("gluster_bad_event", event_id=event.get("event_id"), reason=exc.kind,
                                  detail=exc.detail)
                 return None
             index, text, ts = dgram.index, dgram.message, dgram.ts

@@ -20,8 +20,8 @@ from conftest import ROOT, Bus, plugin_cmd, read_lines, wait_for
 
 from bus.config import load
 from bus.event import Event
-from bus.exceptions import ConfigError
-from collectors.drbd import BadLine, Drbd, Line, parse_line, parse_timestamp
+from bus.exceptions import BadInput, ConfigError
+from collectors.drbd import Drbd, Line, parse_line, parse_timestamp
 from parsers.drbd import DrbdParser, status_json
 
 SAMPLES = ROOT.parent / "shared" / "samples"
@@ -109,7 +109,7 @@ def test_values_with_colons_timestamps_old_new_and_unknown_keys() -> None:
     ("response helper name:r0 helper:fence-peer status:ok", "bad_integer"),
 ])
 def test_garbage_is_refused_with_its_kind(text: str, kind: str) -> None:
-    with pytest.raises(BadLine) as exc:
+    with pytest.raises(BadInput) as exc:
         parse_line(text)
     assert exc.value.kind == kind
 
