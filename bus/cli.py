@@ -390,6 +390,20 @@ def reload(config: ConfigOpt = None) -> None:
                f"restarted {reply['restarted'] or '-'}")
 
 
+def echo_rows(rows: list[Any], json_out: bool, empty: str) -> bool:
+    """Print ``rows`` as JSON for ``--json``, or ``empty`` when there are none.
+
+    Returns whether the caller still has to print the rows as a table.
+    """
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return False
+    if not rows:
+        typer.echo(empty)
+        return False
+    return True
+
+
 def plugin_statuses(config: str | None, builtin: str) -> list[dict[str, Any]]:
     """Return the status files (``Plugin.write_status``) of the configured instances of a built-in.
 

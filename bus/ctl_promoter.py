@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -47,13 +46,8 @@ def format_status(statuses: list[dict[str, Any]], now: float | None = None) -> s
 @app.command()
 def status(json_out: Annotated[bool, typer.Option("--json", help="the status files as a JSON list")] = False) -> None:
     """Show each promoted resource: role, may-promote, services and their state, last action and why."""
-    from bus.cli import plugin_statuses
+    from bus.cli import echo_rows, plugin_statuses
 
     statuses = plugin_statuses(None, "promoter")
-    if json_out:
-        typer.echo(json.dumps(statuses, indent=2))
-        return
-    if not statuses:
-        typer.echo("no promoter plugin configured")
-        return
-    typer.echo(format_status(statuses))
+    if echo_rows(statuses, json_out, "no promoter plugin configured"):
+        typer.echo(format_status(statuses))

@@ -21,7 +21,7 @@ import tomlkit
 import typer
 from tomlkit.items import AoT, Array, Table
 
-from bus.cli import ConfigOpt, _ctl_options, _fail, _load, plugin_statuses
+from bus.cli import ConfigOpt, _ctl_options, _fail, _load, echo_rows, plugin_statuses
 from bus.confedit import ConfigEditor, EditError, Transaction, get_key, set_key
 from bus.config import Config, default_path, load, plugin_options
 from bus.exceptions import ConfigError
@@ -333,11 +333,7 @@ def _auth(settings: dict[str, Any]) -> str:
 def list_(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """List the configured webhooks (secrets are not shown)."""
     hooks = [_public(h) for h in _configured(config)]
-    if json_out:
-        typer.echo(json.dumps(hooks, indent=2))
-        return
-    if not hooks:
-        typer.echo("no webhooks (busctl webhook add URL adds one)")
+    if not echo_rows(hooks, json_out, "no webhooks (busctl webhook add URL adds one)"):
         return
     typer.echo(f"{'NAME':28} {'RECEIVER':12} {'FORMAT':8} {'AUTH':6} {'SIGNED':6} {'FILTER':28} URL")
     for h in hooks:
@@ -411,11 +407,7 @@ def _ago(ts: float | None, now: float) -> str:
 def status(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """Show each webhook's outbox depth, delivered and dropped counts, last success and last error."""
     reports = plugin_statuses(_config(config), "webhook")
-    if json_out:
-        typer.echo(json.dumps(reports, indent=2))
-        return
-    if not reports:
-        typer.echo("no webhook receiver configured (busctl webhook add URL adds one)")
+    if not echo_rows(reports, json_out, "no webhook receiver configured (busctl webhook add URL adds one)"):
         return
     now = time.time()
     typer.echo(f"{'WEBHOOK':28} {'RECEIVER':12} {'WAITING':>8} {'OLDEST':>8} {'DELIVERED':>9} {'DROPPED':>7}  "

@@ -642,16 +642,7 @@ class Webhook(Receiver):
                 else:
                     finished, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     attempts = [(inflight.pop(task), task.result()) for task in finished]
-                    for row, attempt in attempts:
-                        if attempt.outcome == "retry":
-                            failed.append((row, attempt))
-                        else:
-                            outcomes[row.seq] = attempt.outcome
-                            if attempt.outcome == "rejected":
-                                self._rejected(hook, row, attempt)
-                    if len(failed) < len(attempts):
-                        hook.last_success = time.time()
-                        hook.outage.succeeded()
+                    failed += self._settle(hook, attempts, outcomes)
                     failed.sort(key=lambda f: f[0].seq)
                 # the cursor moves over the longest prefix that is done with
                 counts = {"delivered": 0, "rejected": 0, "expired": 0}
@@ -689,18 +680,24 @@ class Webhook(Receiver):
                     outcomes[row.seq] = "expired"
             pending = [row for row, _ in failed if row.seq not in outcomes]
             attempts = await asyncio.gather(*(sender.post(json.loads(row.event)) for row in pending))
-            failed = []
-            for row, attempt in zip(pending, attempts, strict=True):
-                if attempt.outcome == "retry":
-                    failed.append((row, attempt))
-                else:
-                    outcomes[row.seq] = attempt.outcome
-                    if attempt.outcome == "rejected":
-                        self._rejected(hook, row, attempt)
-            if len(failed) < len(pending):
-                hook.last_success = time.time()
-                hook.outage.succeeded()
+            failed = self._settle(hook, list(zip(pending, attempts, strict=True)), outcomes)
         return outcomes
+
+    def _settle(self, hook: Hook, attempts: list[tuple[Row, Attempt]],
+                outcomes: dict[int, str]) -> list[tuple[Row, Attempt]]:
+        """Record the outcome of each (row, attempt); return those to retry (any success ends an outage)."""
+        failed = []
+        for row, attempt in attempts:
+            if attempt.outcome == "retry":
+                failed.append((row, attempt))
+            else:
+                outcomes[row.seq] = attempt.outcome
+                if attempt.outcome == "rejected":
+                    self._rejected(hook, row, attempt)
+        if len(failed) < len(attempts):
+            hook.last_success = time.time()
+            hook.outage.succeeded()
+        return failed
 
     def _rejected(self, hook: Hook, row: Row, attempt: Attempt) -> None:
         self.log.error("webhook_event_rejected", webhook=hook.name, url=redact(hook.sender.url), event_id=row.event_id,
