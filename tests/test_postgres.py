@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -279,6 +280,24 @@ def test_busd_refuses_bad_options_and_sets_the_default_filter(tmp_path: Path) ->
     cfg = load(conf)
     assert cfg.plugins["p"].filter.systems == frozenset({"postgres"})
     assert cfg.plugins["p"].filter.kinds == frozenset({"raw"})
+
+
+def test_shipped_examples_load(tmp_path: Path) -> None:
+    """The commented postgres tables of conf/busd.toml and the example of docs/operators.md load."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "conf" / "busd.toml").read_text()
+    block = re.search(r"^# \[plugins\.postgres\]\n(?:#.*\n)+", text, re.M)  # both tables: one comment block
+    assert block
+    conf = tmp_path / "busd.toml"
+    conf.write_text(re.sub(r"^# ?", "", block.group(0), flags=re.M))
+    config = load(conf)
+    assert config.plugins["postgres"].table["node_name"] == "node1"
+    assert config.plugins["postgres-state"].table["lag_threshold_bytes"] == 16 * 1024 * 1024
+    docs = (root / "docs" / "operators.md").read_text()
+    example = next(b for b in re.findall(r"```toml\n(.*?)```", docs, re.S) if 'builtin = "postgres"' in b)
+    conf.write_text(example)
+    config = load(conf)
+    assert config.plugins["postgres"].builtin == "postgres" and config.plugins["postgres-state"].type == "parser"
 
 
 def test_lsn_helpers() -> None:
