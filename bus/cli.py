@@ -418,9 +418,13 @@ def busctl() -> None:
 # busctl command groups of built-in plugins, each in its own module (they use the helpers above)
 from bus.ctl_config import config_app, snippets_app  # noqa: E402
 from bus.ctl_gluster import app as _gluster_app  # noqa: E402
+from bus.ctl_pg import app as _pg_app  # noqa: E402
+from bus.ctl_pg import keygen as _pg_keygen  # noqa: E402
 from bus.ctl_promoter import app as _promoter_app  # noqa: E402
 
 ctl_app.add_typer(config_app, name="config")
 ctl_app.add_typer(snippets_app)
 ctl_app.add_typer(_gluster_app, name="gluster")
 ctl_app.add_typer(_promoter_app, name="promoter")
+ctl_app.add_typer(_pg_app, name="pg")
+ctl_app.command("keygen")(_pg_keygen)
