@@ -4,8 +4,11 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the test suite builds against: the C example plugin (libzmq, msgpack-c), and
-# GlusterFS (glusterd, the gluster command, glustereventsd) for the gluster collector and parser tests.
-APT_PACKAGES = build-essential pkg-config libzmq3-dev libmsgpack-dev glusterfs-server
+# GlusterFS (glusterd, the gluster command, glustereventsd) for the gluster collector and parser tests,
+# PostgreSQL 15 with repmgr and HAProxy for the PostgreSQL switch-over tests (the tests start their own
+# servers on loopback; Debian's own 15/main cluster is not used).
+APT_PACKAGES = build-essential pkg-config libzmq3-dev libmsgpack-dev glusterfs-server \
+               postgresql-15 postgresql-15-repmgr haproxy
 DEMO_CONFIG  = conf/demo/busd.toml
 
 .PHONY: venv system-deps demo test lint bench clean

@@ -191,3 +191,16 @@ def read_lines(path: Path) -> list[str]:
 def ev(system: str, event_type: str, msg: str = "", **kw: Any) -> dict[str, Any]:
     """A minimal event for bus-emit."""
     return {"system": system, "event_type": event_type, "msg": msg, **kw}
+
+
+@pytest.fixture(name="pg_cluster", scope="module")
+def fixture_pg_cluster() -> Iterator[Any]:
+    """Real PostgreSQL 15: ``node1`` primary, ``node2`` streaming standby, both registered with repmgr.
+
+    One fresh pair per test module (about 3 s to build), stopped and removed afterwards even when a test
+    or the build fails. See :class:`pgcluster.PgCluster` for its methods, users and ``pg_hba.conf``.
+    """
+    from pgcluster import PgCluster
+
+    with PgCluster() as pg:
+        yield pg
