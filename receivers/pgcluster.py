@@ -452,6 +452,11 @@ class PgCluster(Receiver):
     async def _answer(self, peer: str, request: dict[str, Any]) -> dict[str, Any]:
         told = request.get("view")
         self.told[peer] = {"time": time.time(), "view": told if isinstance(told, dict) else None}
+        if (isinstance(told, dict) and self.decision is not None and self.decision.outcome == "allow_writes"
+                and told.get("primary") != self.decision.primary):
+            # we take writes and a peer names another primary: check again now rather than at the
+            # next interval (only a writer does, so two disagreeing peers cannot trigger each other forever)
+            self.changed.set()
         return self.local_view()
 
     async def ask(self, name: str) -> Answer:
