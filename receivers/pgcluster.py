@@ -22,9 +22,11 @@ seconds, whether this node may take writes, with harepd's rule:
 3. no neighbour agreed: it asks the witness: the same primary: act (``witness_agrees``);
    unreachable (``witness_unreachable``), another primary (``witness_disagrees``) or no witness
    configured (``no_witness``): deny writes on this node;
-4. split brain: when this node's view and the answers together have two nodes claiming primary
-   (each node's own claim, or what the witness sees), writes are denied, whatever else was said
-   (``split_brain``), and the decision is an ``error`` event.
+4. split brain: when two nodes claim primary, in this node's view, or a neighbour claiming it
+   for itself while this node does, or in the witness's view, writes are denied whatever else
+   was said (``split_brain``), and the decision is an ``error`` event. (A neighbour's view of
+   other nodes, or a witness seeing only the other node as primary, may be one poll old during
+   an ordinary fail-over: that is disagreement, not split brain.)
 
 "Act" means ``allow_writes`` when the agreed primary is this node and it is primary, otherwise
 ``deny_writes``; reads (``allow_reads``) are allowed on an agreed primary or standby and denied
@@ -42,7 +44,8 @@ extensions: ``node``, ``role``, ``outcome`` (``allow_writes``/``deny_writes``), 
 
 A witness (``role = "witness"``) runs busd with ``postgres`` collectors polling every node itself
 (as harepd's witness answers from its own repmgr database rather than relaying what nodes told
-it) and this receiver: it only answers, never decides.
+it) and this receiver, with the nodes as its ``neighbours`` (the keys it accepts): it only
+answers, never asks and never decides.
 
 Options: ``role``, ``node`` (this node's name as in repmgr, default the busd hostname),
 ``listen`` (``tcp://ADDRESS:PORT``), ``secret_key`` (this node's secret certificate file),
@@ -77,7 +80,7 @@ OPTIONS = {
     "listen": Option(str, Option.REQUIRED, "where neighbours ask, tcp://ADDRESS:PORT"),
     "secret_key": Option(str, Option.REQUIRED, "this node's secret certificate (busctl keygen's NAME.key_secret)"),
     "public_key": Option(str, "", "this node's public certificate, checked against the secret one"),
-    "neighbours": Option(list, [], "tables { name, endpoint, public_key }, asked in order"),
+    "neighbours": Option(list, [], "tables { name, endpoint, public_key }: asked in order, and allowed to ask"),
     "witness": Option(dict, {}, "table { name, endpoint, public_key }, asked when no neighbour agrees"),
     "timeout": Option(float, 1.0, "seconds to wait for one peer's answer"),
     "interval": Option(float, 5.0, "seconds between two decisions when nothing changes"),
@@ -282,16 +285,18 @@ def agrees(local: dict[str, Any], remote: dict[str, Any]) -> bool:
 
 
 def claimants(local: dict[str, Any], answers: list[Answer]) -> list[str]:
-    """Return every node claimed primary: by our view, by each peer about itself, and by the witness's view.
+    """Return every node claimed primary: by our view, by each peer about itself, and by a witness seeing two.
 
-    A neighbour's view of *other* nodes may be older than ours, so only its claim about itself
-    counts; the witness polls every node itself, so its whole view counts.
+    A peer's view of *other* nodes may be older than ours by a poll (the old primary just
+    stopped, the standby just promoted), so only its claim about itself counts, and a witness's
+    view counts when it sees two primaries itself; a witness that sees only the other node as
+    primary merely disagrees.
     """
     claims = set(local["primaries"])
     for a in answers:
         if not a.ok:
             continue
-        if a.kind == "witness":
+        if a.kind == "witness" and a.view.get("split_brain"):
             claims.update(a.view.get("primaries", []))
         elif a.view.get("role") == "primary" and a.view.get("node"):
             claims.add(a.view["node"])

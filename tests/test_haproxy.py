@@ -162,6 +162,6 @@ def test_parse_servers_state_and_options() -> None:
     base = {"socket": "/x", "servers": SERVERS}
     with pytest.raises(ValueError, match="write_backend"):
         check_options(plugin_options("receiver", "haproxy", base))
-    with pytest.raises(ValueError, match="servers.node1"):
+    with pytest.raises(ValueError, match=r"servers\.node1"):
         check_options(plugin_options("receiver", "haproxy", {**base, "write_backend": "w", "servers": {"node1": "a b"}}))
     check_options(plugin_options("receiver", "haproxy", {**base, "write_backend": "w"}))
