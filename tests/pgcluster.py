@@ -37,6 +37,7 @@ Use the ``pg_cluster`` fixture of ``tests/conftest.py`` (one fresh pair per test
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -311,14 +312,10 @@ class PgCluster:
             pidfile = self.data_dir(node) / "postmaster.pid"
             if not pidfile.exists():
                 continue
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._run(PG_BIN / "pg_ctl", "-D", self.data_dir(node), "-m", "immediate", "-w", "-t", "10", "stop",
                           check=False, timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
             if pidfile.exists():  # pg_ctl failed: the postmaster's pid is the pid file's first line
-                try:
+                with contextlib.suppress(OSError, ValueError, IndexError):
                     os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
-                except (OSError, ValueError, IndexError):
-                    pass
         shutil.rmtree(self.base, ignore_errors=True)
