@@ -1,12 +1,13 @@
 """Receiver ``pgcluster``: cluster agreement for PostgreSQL switch-over, harepd's neighbour inquiry.
 
-It follows the synthetic events of the ``postgres`` parser (``PG_PROMOTED``, ``PG_DEMOTED``,
-``PG_PRIMARY_CHANGED``, ``PG_UP``, ``PG_DOWN``, ``PG_SPLIT_BRAIN``...; ``dev_name`` is the node
-name) and keeps a **view** of the cluster: each node's role (``primary``, ``standby``, ``down``,
-``unknown``), the primary it follows, its timeline and LSN, and when it was last seen. From the
-view: the nodes that claim primary themselves (``primaries``), the primary (the one claimant, or,
-with none, the primary the standbys follow), and ``split_brain`` (two claimants). The view is kept
-in the receiver's state file, so a restart does not forget the cluster.
+It follows the synthetic events of the ``postgres`` parser (``PG_UP``, ``PG_DOWN``,
+``PG_PROMOTED``, ``PG_PRIMARY_CHANGED``, ``PG_SPLIT_BRAIN``...), each of which carries that
+parser's whole view of the nodes this busd polls, and keeps the latest as its **view** of the
+cluster: each node's role (``primary``, ``standby``, ``down``), timeline, LSN and when it was last
+seen; the believed ``primary`` (``""`` when none or split brain); ``primaries``, the nodes up that
+run as primary; ``split_brain`` when they are two or more. A node's busd polls its own
+PostgreSQL, so its view is its node's role plus, on a standby, the primary repmgr names. The
+view is kept in the receiver's state file, so a restart does not forget the cluster.
 
 Each busd answers "what do you know" (its view) to its configured peers over ZeroMQ on TCP
 (``listen``), encrypted and authenticated with CURVE: only the public keys of the configured
@@ -86,7 +87,6 @@ OPTIONS = {
     "interval": Option(float, 5.0, "seconds between two decisions when nothing changes"),
 }
 
-ROLES = ("primary", "standby", "down", "unknown")
 DENY_RULES = ("local_unknown", "witness_unreachable", "witness_disagrees", "no_witness")
 PEER_KEYS = ("name", "endpoint", "public_key")
 
@@ -121,95 +121,67 @@ def check_options(options: dict[str, Any]) -> None:
         raise ValueError("neighbours: every neighbour and the witness need distinct names")
 
 
-@dataclass
-class NodeState:
-    """What the events said about one PostgreSQL node."""
-
-    role: str = "unknown"
-    primary: str = ""
-    timeline: int | None = None
-    lsn: str = ""
-    last_seen: float = 0.0
-    event: str = ""
-    updated: float = 0.0
-    wwid: str = ""
+VIEW_KEYS = ("primary", "primary_source", "primaries", "split_brain", "nodes", "repmgr_nodes")
+"""The cluster part of the extensions every event of the ``postgres`` parser carries."""
 
 
 @dataclass
 class ClusterView:
-    """The cluster as this busd knows it from the ``postgres`` events it received."""
+    """The cluster as this busd's ``postgres`` parser last described it.
 
-    nodes: dict[str, NodeState] = field(default_factory=dict)
-    witness: str = ""
-    repmgr: dict[str, dict[str, Any]] = field(default_factory=dict)
+    Every synthetic event of that parser carries its whole view of the cluster (the nodes this
+    busd polls, their roles, the believed primary, split brain); the latest one is kept.
+    """
+
+    cluster: dict[str, Any] = field(default_factory=dict)
+    wwids: dict[str, str] = field(default_factory=dict)
 
     def observe(self, event: Event) -> bool:
-        """Take one ``PG_*`` event into the view; return whether the view changed."""
-        name = event.get("dev_name") or ""
+        """Take one ``PG_*`` event into the view; return whether anything that matters for routing changed."""
         etype = event.get("event_type", "")
-        if not name or not etype.startswith("PG_") or etype == "PG_ROUTING_DECISION":
-            return False
         ext = event.get("extensions") or {}
-        before = asdict(self)
-        state = self.nodes.setdefault(name, NodeState())
-        role = _role(ext.get("role"))
-        if etype == "PG_DOWN":
-            role = "down"
-        elif etype == "PG_PROMOTED" and role == "unknown":
-            role = "primary"
-        elif etype == "PG_DEMOTED" and role == "unknown":
-            role = "standby"
-        if role != "unknown" or etype == "PG_DOWN":
-            state.role = role
-        if isinstance(ext.get("primary"), str) and etype != "PG_DOWN":
-            state.primary = ext["primary"]
-        if isinstance(ext.get("timeline"), int) and not isinstance(ext.get("timeline"), bool):
-            state.timeline = ext["timeline"]
-        if isinstance(ext.get("lsn"), str):
-            state.lsn = ext["lsn"]
-        seen = ext.get("last_seen")
-        if isinstance(seen, (int, float)) and not isinstance(seen, bool):
-            state.last_seen = float(seen)
-        elif etype != "PG_DOWN":
-            state.last_seen = float(event.get("timestamp") or time.time())
-        nodes = ext.get("repmgr_nodes")
-        if isinstance(nodes, list):
-            self.repmgr = {str(n.get("name") or n.get("node_name")): n for n in nodes
-                           if isinstance(n, dict) and (n.get("name") or n.get("node_name"))}
-            witnesses = [n for n, t in self.repmgr.items() if t.get("type") == "witness"]
-            self.witness = witnesses[0] if witnesses else self.witness
-        changed = asdict(self) != before
-        state.wwid = str(event.get("dev_wwid") or state.wwid)
-        state.event = etype
-        state.updated = float(event.get("timestamp") or time.time())
-        return changed
+        if not etype.startswith("PG_") or etype == "PG_ROUTING_DECISION" or not isinstance(ext.get("nodes"), dict):
+            return False
+        if event.get("dev_name") and event.get("dev_wwid"):
+            self.wwids[event["dev_name"]] = event["dev_wwid"]
+        before = self.significant()
+        self.cluster = {k: ext.get(k) for k in VIEW_KEYS}
+        return self.significant() != before
 
-    def primaries(self) -> list[str]:
-        """Return the nodes that are primary by their own account."""
-        return sorted(n for n, s in self.nodes.items() if s.role == "primary")
+    def significant(self) -> tuple[Any, ...]:
+        """What a decision depends on: the primary, the claimants, and each node's role."""
+        nodes = self.nodes()
+        return (self.cluster.get("primary"), tuple(self.cluster.get("primaries") or ()),
+                bool(self.cluster.get("split_brain")), tuple(sorted((n, s.get("role")) for n, s in nodes.items())))
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """Return node name to its summary (``role``, ``up``, ``timeline``, ``lsn``, ``last_seen``...)."""
+        nodes = self.cluster.get("nodes") or {}
+        return {str(n): s for n, s in nodes.items() if isinstance(s, dict)}
 
     def snapshot(self, node: str, role: str, hostname: str) -> dict[str, Any]:
-        """Return the view as answered to a peer: this node, its role, the cluster's primary and standbys."""
-        primaries = self.primaries()
-        primary = ""
-        if len(primaries) == 1:
-            primary = primaries[0]
-        elif not primaries:
-            # nobody claims primary here (a standby's view): the primary the live standbys follow
-            followed = {s.primary for s in self.nodes.values() if s.role == "standby" and s.primary}
-            if len(followed) == 1:
-                candidate = followed.pop()
-                if self.nodes.get(candidate, NodeState()).role != "down":
-                    primary = candidate
+        """Return the view as answered to a peer: this node, its role, the cluster's primary and standbys.
+
+        ``primaries`` are the nodes up that run as primary (whether one or several), plus those
+        the parser found claiming primary in repmgr's metadata; two or more is ``split_brain``.
+        """
+        nodes = self.nodes()
+        running = {n for n, s in nodes.items() if s.get("up") and s.get("role") == "primary"}
+        primaries = sorted(running | set(self.cluster.get("primaries") or []))
+        split = bool(self.cluster.get("split_brain")) or len(primaries) > 1
         if role == "node":
-            role = self.nodes[node].role if node in self.nodes else "unknown"
+            role = str(nodes[node].get("role") or "unknown") if node in nodes else "unknown"
+        witness = [str(r.get("node_name")) for r in self.cluster.get("repmgr_nodes") or []
+                   if isinstance(r, dict) and r.get("type") == "witness"]
         return {
             "node": node, "role": role, "hostname": hostname, "time": time.time(),
-            "primary": primary, "primaries": primaries, "split_brain": len(primaries) > 1,
-            "standbys": sorted(n for n, s in self.nodes.items() if s.role == "standby"),
-            "down": sorted(n for n, s in self.nodes.items() if s.role == "down"),
-            "witness": self.witness,
-            "nodes": {n: asdict(s) for n, s in sorted(self.nodes.items())},
+            "primary": "" if split else str(self.cluster.get("primary") or ""),
+            "primary_source": str(self.cluster.get("primary_source") or ""),
+            "primaries": primaries, "split_brain": split,
+            "standbys": sorted(n for n, s in nodes.items() if s.get("up") and s.get("role") == "standby"),
+            "down": sorted(n for n, s in nodes.items() if s.get("role") == "down"),
+            "witness": witness[0] if witness else "",
+            "nodes": nodes,
         }
 
     def dump(self) -> dict[str, Any]:
@@ -218,18 +190,8 @@ class ClusterView:
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> ClusterView:
-        """Rebuild from :meth:`dump` (unknown keys ignored)."""
-        fields = NodeState.__dataclass_fields__
-        nodes = {str(n): NodeState(**{k: v for k, v in s.items() if k in fields})
-                 for n, s in (data.get("nodes") or {}).items() if isinstance(s, dict)}
-        return cls(nodes=nodes, witness=str(data.get("witness") or ""), repmgr=dict(data.get("repmgr") or {}))
-
-
-def _role(value: Any) -> str:
-    if not isinstance(value, str):
-        return "unknown"
-    value = value.lower()
-    return {"master": "primary", "replica": "standby", "slave": "standby"}.get(value, value if value in ROLES else "unknown")
+        """Rebuild from :meth:`dump`."""
+        return cls(cluster=dict(data.get("cluster") or {}), wwids=dict(data.get("wwids") or {}))
 
 
 @dataclass
@@ -514,9 +476,8 @@ class PgCluster(Receiver):
         msg = f"{d.node}: {verb}, {reads} (role {d.role}, primary {d.primary or 'not agreed'}; {d.rule}: {d.reason})"
         log = {"error": self.log.error, "warn": self.log.warning}.get(d.severity(), self.log.info)
         log("routing_decision", node=d.node, outcome=d.outcome, rule=d.rule, primary=d.primary, reason=d.reason)
-        own = self.view.nodes.get(d.node)
         await self.emit(self.event("postgres", "PG_ROUTING_DECISION", msg, severity=d.severity(), dev_name=d.node,
-                                   dev_wwid=own.wwid if own else "", extensions={**asdict(d), "took_ms": took_ms}))
+                                   dev_wwid=self.view.wwids.get(d.node, ""), extensions={**asdict(d), "took_ms": took_ms}))
 
     def _write_status(self) -> None:
         self.write_status({

@@ -17,6 +17,10 @@ import zmq.asyncio
 from conftest import BIN, wait_for
 from pgbus import Buses, Peers, make_keys
 from pgcluster import free_port
+from test_postgres import REPMGR_NODES
+from test_postgres import down as pg_down
+from test_postgres import parser as pg_parser
+from test_postgres import state as pg_state
 
 from bus.config import plugin_options
 from receivers._inquiry import InquiryClient, InquiryError, InquiryServer, load_keys, load_public_key
@@ -141,42 +145,56 @@ def test_options() -> None:
 # -- the view ------------------------------------------------------------------------------------
 
 
-def pg(event_type: str, node: str, **ext: Any) -> dict[str, Any]:
+def pg(event_type: str, node: str, role: str, primary: str, nodes: dict[str, str]) -> dict[str, Any]:
+    """A synthetic event of the postgres parser, with the view it carries (``nodes``: name to role)."""
+    primaries = sorted(n for n, r in nodes.items() if r == "primary")
+    summary = {n: {"role": r, "up": r != "down", "timeline": 1, "lsn": "0/3000060", "last_seen": 1000.0}
+               for n, r in nodes.items()}
     return {"system": "postgres", "event_type": event_type, "dev_name": node, "dev_wwid": f"7300:{node}",
-            "timestamp": 1000.0, "extensions": ext}
+            "extensions": {"node": node, "role": role, "primary": primary, "primary_source": "polled",
+                           "primaries": primaries if len(primaries) > 1 else [], "split_brain": len(primaries) > 1,
+                           "repmgr_nodes": [], "nodes": summary}}
 
 
-def test_view_from_events() -> None:
+def test_view_from_the_postgres_parser() -> None:
+    p = pg_parser()
     v = ClusterView()
-    assert v.observe(pg("PG_UP", "node1", role="primary", primary="node1", timeline=1, lsn="0/3000000"))
-    assert v.observe(pg("PG_UP", "node2", role="standby", primary="node1",
-                        repmgr_nodes=[{"node_id": 1, "name": "node1", "type": "primary", "active": True},
-                                      {"node_id": 3, "name": "w", "type": "witness", "active": True}]))
+
+    def feed(raw: dict[str, Any]) -> bool:
+        changed = False
+        for event in p.handle(raw) or []:
+            changed = v.observe(event) or changed
+        return changed
+
+    with_witness = [*REPMGR_NODES, {"node_id": 3, "node_name": "w", "type": "witness", "active": True}]
+    assert feed(pg_state("node1", "primary", repmgr=with_witness))
+    assert feed(pg_state("node2", "standby", repmgr=with_witness))
     snap = v.snapshot("node2", "node", "host2")
-    assert (snap["role"], snap["primary"], snap["primaries"], snap["standbys"], snap["witness"]) == (
-        "standby", "node1", ["node1"], ["node2"], "w")
-    assert snap["nodes"]["node1"]["timeline"] == 1 and snap["nodes"]["node1"]["wwid"] == "7300:node1"
-    assert not v.observe(pg("PG_UP", "node2", role="standby", primary="node1",
-                            repmgr_nodes=[{"node_id": 1, "name": "node1", "type": "primary", "active": True},
-                                          {"node_id": 3, "name": "w", "type": "witness", "active": True}]))
-    assert not v.observe({**pg("PG_ROUTING_DECISION", "node2"), "extensions": {"role": "primary"}})
-    assert not v.observe(pg("PG_UP", "", role="primary"))
-    # a standby's view: nobody claims primary, the primary is the one the standbys follow, unless it is down
-    v2 = ClusterView()
-    v2.observe(pg("PG_UP", "node2", role="standby", primary="node1"))
-    assert v2.snapshot("node2", "node", "h")["primary"] == "node1"
-    v2.observe(pg("PG_DOWN", "node1"))
-    assert v2.snapshot("node2", "node", "h")["primary"] == ""
-    # promotion, then split brain
-    v.observe(pg("PG_DOWN", "node1"))
-    v.observe(pg("PG_PROMOTED", "node2", timeline=2))
+    assert (snap["role"], snap["primary"], snap["primaries"], snap["standbys"], snap["witness"], snap["split_brain"]) == (
+        "standby", "node1", ["node1"], ["node2"], "w", False)
+    assert snap["nodes"]["node1"]["timeline"] == 1 and v.wwids["node1"].endswith(":1")
+    assert not feed(pg_state("node2", "standby", repmgr=with_witness))  # nothing new: the parser says nothing
+    assert not v.observe({"event_type": "PG_ROUTING_DECISION", "dev_name": "node2", "extensions": {"nodes": {}}})
+    assert not v.observe({"event_type": "PG_UP", "dev_name": "node2", "extensions": {"role": "primary"}})
+    # the primary stops, the standby is promoted
+    assert feed(pg_down("node1"))
+    assert v.snapshot("node2", "node", "h")["primary"] == ""
+    assert feed(pg_state("node2", "primary", timeline=2))
     snap = v.snapshot("node2", "node", "h")
-    assert (snap["role"], snap["primary"], snap["down"], snap["split_brain"]) == ("primary", "node2", ["node1"], False)
-    v.observe(pg("PG_UP", "node1", role="primary"))
+    assert (snap["role"], snap["primary"], snap["primaries"], snap["down"]) == ("primary", "node2", ["node2"], ["node1"])
+    # the old primary is back as a primary: split brain, no primary
+    assert feed(pg_state("node1", "primary"))
     snap = v.snapshot("w", "witness", "h")
     assert (snap["role"], snap["primary"], snap["primaries"], snap["split_brain"]) == (
         "witness", "", ["node1", "node2"], True)
     assert ClusterView.load(json.loads(json.dumps(v.dump()))) == v
+    # a busd that polls only a standby believes repmgr for the primary
+    v2 = ClusterView()
+    for event in pg_parser().handle(pg_state("node2", "standby")) or []:
+        v2.observe(event)
+    snap = v2.snapshot("node2", "node", "h")
+    assert (snap["role"], snap["primary"], snap["primary_source"], snap["primaries"]) == (
+        "standby", "node1", "repmgr", [])
 
 
 # -- the inquiry transport -----------------------------------------------------------------------
@@ -279,11 +297,9 @@ def test_three_busd_agree_then_lose_neighbour_and_witness(buses: tuple[Buses, Pe
     b.write("w", {"pgc": peers.table("w", role="witness", neighbours=("node1", "node2"))})
     for name in ("w", "node1", "node2"):
         b[name].start()
-    up1 = pg("PG_UP", "node1", role="primary", primary="node1", timeline=1)
-    up2 = pg("PG_UP", "node2", role="standby", primary="node1", timeline=1)
-    emit(b["node1"], up1)
-    emit(b["node2"], up2)
-    emit(b["w"], up1, up2)
+    emit(b["node1"], pg("PG_UP", "node1", "primary", "node1", {"node1": "primary"}))
+    emit(b["node2"], pg("PG_UP", "node2", "standby", "node1", {"node2": "standby"}))
+    emit(b["w"], pg("PG_UP", "node2", "standby", "node1", {"node1": "primary", "node2": "standby"}))
     wait_for(lambda: b.decision("node1").get("outcome") == "allow_writes", 20, "node1 allowed writes")
     d1 = b.decision("node1")
     assert (d1["rule"], d1["primary"], d1["allow_reads"]) == ("neighbour_agrees", "node1", True)
