@@ -74,7 +74,7 @@ class World:
     def block(self, node: str) -> str:
         data = self.pg.hba_path(node).read_bytes()
         span = find_block(data)
-        assert span is not None, self.buses[node].read_log()[-6000:]
+        assert span is not None
         return data[span[0]: span[1]].decode()
 
 
@@ -146,10 +146,7 @@ def test_normal_routing_writes_land_on_the_primary(world: World) -> None:
     assert "hc    127.0.0.1/32  md5" in world.block("node1") and "hc    127.0.0.1/32  reject" in world.block("node2")
     assert "hcro  127.0.0.1/32  md5" in world.block("node2")
     text = world.buses["node2"].run("busctl", "pg", "status").stdout
-    evs = world.buses["node2"].tail(8, "--system", "postgres", last=8)
-    import json
-    assert "local view: node2 (standby): primary node1" in text and "neighbour node1" in text, text + "\n".join(
-        json.dumps({k: e[k] for k in ("event_type", "dev_name", "msg")} | {"p": e["extensions"].get("primary"), "n": e["extensions"].get("nodes")}) for e in evs)
+    assert "local view: node2 (standby): primary node1" in text and "neighbour node1" in text
 
 
 def test_neighbour_and_witness_unreachable_deny_writes(world: World) -> None:

@@ -190,8 +190,10 @@ def test_view_from_the_postgres_parser() -> None:
     assert ClusterView.load(json.loads(json.dumps(v.dump()))) == v
     # a busd that polls only a standby believes repmgr for the primary
     v2 = ClusterView()
-    for event in pg_parser().handle(pg_state("node2", "standby")) or []:
-        v2.observe(event)
+    p2 = pg_parser()
+    for raw in (pg_state("node2", "standby"), pg_state("node2", "standby", lag_bytes=8)):
+        for event in p2.handle(raw) or []:  # the second poll too: a primary only named by repmgr is not down
+            v2.observe(event)
     snap = v2.snapshot("node2", "node", "h")
     assert (snap["role"], snap["primary"], snap["primary_source"], snap["primaries"]) == (
         "standby", "node1", "repmgr", [])
