@@ -10,8 +10,8 @@ after ``inter`` x ``rise``; this receiver tells HAProxy the moment busd knows. O
   ``deny_state`` (``maint`` by default: no new connections and no checks; ``drain`` lets
   established sessions finish); with ``exclusive`` (default), an ``allow_writes`` also puts every
   other server of the write backend in ``deny_state``, so writes never have two targets while
-  the other node's busd catches up. In the read backend, ``ready`` when reads are allowed, else
-  ``deny_state``.
+  the other node's busd catches up (it lets go of them, without changing them, once this node no
+  longer takes writes). In the read backend, ``ready`` when reads are allowed, else ``deny_state``.
 - ``PG_DOWN`` about node N: N's servers go to ``maint`` in both backends; a later decision brings
   them back.
 
@@ -191,34 +191,44 @@ class HAProxy(Receiver):
             self.log.warning("haproxy_unknown_node", node=node, servers=sorted(self.options["servers"]))
         return server
 
-    def wanted_for(self, event: Event) -> dict[tuple[str, str], str]:
-        """Return the server states one event asks for."""
+    def wanted_for(self, event: Event) -> tuple[dict[tuple[str, str], str], list[tuple[str, str]]]:
+        """Return the server states one event asks for, and the states this receiver no longer insists on.
+
+        The other write servers put in ``deny_state`` by an exclusive ``allow_writes`` are released
+        (not changed in HAProxy, just no longer kept so) once this node no longer takes writes: their
+        own nodes' busd decide for them, and a verification here must not undo that.
+        """
         opts = self.options
         node = event.get("dev_name") or ""
         server = self.server(node)
         if server is None:
-            return {}
+            return {}, []
         deny = opts["deny_state"]
+        others = [(opts["write_backend"], s) for s in opts["servers"].values() if s != server and opts["write_backend"]]
         if event.get("event_type") == "PG_DOWN":
-            return {(backend, server): "maint" for backend in self.backends}
+            return {(backend, server): "maint" for backend in self.backends}, others
         ext = event.get("extensions") or {}
         out: dict[tuple[str, str], str] = {}
+        release: list[tuple[str, str]] = []
         if opts["write_backend"]:
             writes = ext.get("outcome") == "allow_writes"
             out[(opts["write_backend"], server)] = "ready" if writes else deny
             if writes and opts["exclusive"]:
-                for other in opts["servers"].values():
-                    if other != server:
-                        out[(opts["write_backend"], other)] = deny
+                out.update(dict.fromkeys(others, deny))
+            else:
+                release = others
         if opts["read_backend"]:
             out[(opts["read_backend"], server)] = "ready" if ext.get("allow_reads") else deny
-        return out
+        return out, release
 
     async def handle(self, event: Event) -> None:
         """Apply one routing decision or PG_DOWN."""
         if event.get("event_type") not in ("PG_ROUTING_DECISION", "PG_DOWN"):
             return
-        wanted = self.wanted_for(event)
+        wanted, release = self.wanted_for(event)
+        for key in release:
+            self.wanted.pop(key, None)
+            self.applied.pop(key, None)
         if not wanted:
             return
         self.wanted.update(wanted)

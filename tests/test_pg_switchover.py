@@ -11,6 +11,7 @@ The tests run in order, as one story: normal routing, neighbour and witness unre
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,11 +72,15 @@ class World:
             return True
         return False
 
+    def wait_block(self, node: str, line: str) -> None:
+        """Wait until ``node``'s managed block of pg_hba.conf has ``line`` (the receiver acts on its own)."""
+        wait_for(lambda: line in self.block(node), 5, f"{line!r} in {node}'s pg_hba.conf")
+
     def block(self, node: str) -> str:
+        """Return ``node``'s managed block of pg_hba.conf ("" while there is none)."""
         data = self.pg.hba_path(node).read_bytes()
         span = find_block(data)
-        assert span is not None
-        return data[span[0]: span[1]].decode()
+        return "" if span is None else data[span[0]: span[1]].decode()
 
 
 def node_plugins(pg: PgCluster, hap: HAProxyProc, peers: Peers, node: str, other: str) -> dict[str, dict[str, Any]]:
@@ -143,8 +148,9 @@ def test_normal_routing_writes_land_on_the_primary(world: World) -> None:
     assert states["pg_read/pg1"]["admin"] == "ready" and states["pg_read/pg2"]["admin"] == "ready"
     wait_for(lambda: world.hap.states()["pg_read/pg2"]["op"] == "running", 10, "node2 healthy for reads")
     # what the health checks see: hc in on the primary only, hcro on both
-    assert "hc    127.0.0.1/32  md5" in world.block("node1") and "hc    127.0.0.1/32  reject" in world.block("node2")
-    assert "hcro  127.0.0.1/32  md5" in world.block("node2")
+    world.wait_block("node1", "hc    127.0.0.1/32  md5")
+    world.wait_block("node2", "hc    127.0.0.1/32  reject")
+    world.wait_block("node2", "hcro  127.0.0.1/32  md5")
     text = world.buses["node2"].run("busctl", "pg", "status").stdout
     assert "local view: node2 (standby): primary node1" in text and "neighbour node1" in text
 
@@ -156,7 +162,7 @@ def test_neighbour_and_witness_unreachable_deny_writes(world: World) -> None:
     wait_for(lambda: world.decision("node1").get("rule") == "witness_unreachable", 15, "node1 on its own")
     assert world.decision("node1")["outcome"] == "deny_writes"
     wait_for(world.write_fails, 10, "writes refused")
-    assert "hc    127.0.0.1/32  reject" in world.block("node1")
+    world.wait_block("node1", "hc    127.0.0.1/32  reject")
     assert world.hap.states()["pg_write/pg1"]["admin"] == "maint"
     b["w"].notifications.clear()
     b["node2"].notifications.clear()
@@ -170,20 +176,27 @@ def test_failover_writes_reach_the_new_primary_within_5_s(world: World) -> None:
     pg = world.pg
     pg.stop("node1")
     wait_for(lambda: world.decision("node1").get("outcome") == "deny_writes", 10, "node1 denies writes once down")
-    started = time.monotonic()
-    pg.promote("node2")
+    # repmgr standby promote runs in a thread; the moment of promotion is when node2 leaves recovery
+    promote = threading.Thread(target=pg.promote, args=("node2",))
+    with psycopg.connect(pg.dsn("node2", "postgres"), autocommit=True) as conn:
+        started = time.monotonic()
+        promote.start()
+        while conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
+            assert time.monotonic() - started < 30, "node2 was not promoted"
+            time.sleep(0.01)
     promoted = time.monotonic()
     wait_for(lambda: world.write_lands_on("node2"), 5, "writes through HAProxy on node2 within 5 s")
     took = time.monotonic() - promoted
-    print(f"\nswitch-over: writes through HAProxy reach node2 {took:.2f} s after the promotion "
-          f"(repmgr standby promote itself took {promoted - started:.2f} s)")
+    promote.join(30)
+    print(f"\nswitch-over: writes through HAProxy reach node2 {took:.2f} s after its promotion "
+          f"({promoted - started:.2f} s into repmgr standby promote)")
     assert took < 5.0
     d = world.decision("node2")
     assert d["outcome"] == "allow_writes" and d["primary"] == "node2"
     assert d["rule"] in ("witness_agrees", "neighbour_agrees")
     states = world.hap.states()
     assert states["pg_write/pg2"]["admin"] == "ready" and states["pg_write/pg1"]["admin"] == "maint"
-    assert "hc    127.0.0.1/32  md5" in world.block("node2")
+    world.wait_block("node2", "hc    127.0.0.1/32  md5")
 
 
 def test_old_primary_back_as_primary_is_split_brain_and_both_deny(world: World) -> None:
@@ -199,7 +212,8 @@ def test_old_primary_back_as_primary_is_split_brain_and_both_deny(world: World) 
     for node in ("node1", "node2"):
         errors = world.buses[node].tail(1, "--event-type", "PG_ROUTING_DECISION", "--severity", "error", last=50)
         assert errors[0]["dev_name"] == node and errors[0]["extensions"]["split_brain"] is True
-        assert "split brain" in errors[0]["msg"] and "hc    127.0.0.1/32  reject" in world.block(node)
+        assert "split brain" in errors[0]["msg"]
+        world.wait_block(node, "hc    127.0.0.1/32  reject")
 
 
 def test_pg_hba_keeps_every_line_outside_the_block(world: World) -> None:
