@@ -338,17 +338,21 @@ class PgCluster(Receiver):
         """Load the state and the keys, start serving inquiries and (on a node) deciding."""
         self._load_state()
         opts = self.options
+        peers = [*self.neighbours, *([self.witness] if self.witness else [])]
         try:
             public, secret = load_keys(self.path(opts["secret_key"]))
             if opts["public_key"] and load_public_key(self.path(opts["public_key"])) != public:
                 raise ValueError(f"public_key {opts['public_key']} does not belong to secret_key {opts['secret_key']}")
-            peers = [*self.neighbours, *([self.witness] if self.witness else [])]
-            keys = {p["name"]: load_public_key(self.path(p["public_key"])) for p in peers}
         except ValueError as exc:
-            # without keys nobody can be asked or answered: every decision denies writes
+            # without its own keys this node can ask and answer nobody: every decision denies writes
             self.log.error("pgcluster_keys_unusable", error=str(exc))
             public = secret = b""
-            keys = {}
+        keys: dict[str, bytes] = {}
+        for p in peers:
+            try:
+                keys[p["name"]] = load_public_key(self.path(p["public_key"]))
+            except ValueError as exc:  # this peer is neither asked nor let in; the others are
+                self.log.error("pgcluster_peer_key_unusable", peer=p["name"], error=str(exc))
         for p in peers:
             self.peers[p["name"]] = {"kind": "witness" if p is self.witness else "neighbour",
                                      "endpoint": p["endpoint"], "asked": 0.0, "answered": 0.0, "error": "", "view": None}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -22,9 +23,9 @@ from test_postgres import down as pg_down
 from test_postgres import parser as pg_parser
 from test_postgres import state as pg_state
 
-from bus.config import plugin_options
+from bus.config import load, plugin_options
 from receivers._inquiry import InquiryClient, InquiryError, InquiryServer, load_keys, load_public_key
-from receivers.pgcluster import Answer, ClusterView, check_options, consult
+from receivers.pgcluster import Answer, ClusterView, PgCluster, check_options, consult
 
 # -- the rule ------------------------------------------------------------------------------------
 
@@ -343,3 +344,53 @@ def test_three_busd_agree_then_lose_neighbour_and_witness(buses: tuple[Buses, Pe
     b["w"].start()
     b["node1"].start()
     wait_for(lambda: b.decision("node1").get("rule") == "witness_agrees", 20, "node1 after restart")
+
+
+def test_unusable_keys_are_logged_and_nothing_is_served(tmp_path: Path) -> None:
+    make_keys(tmp_path, ["w", "node1"])
+    peers = [{"name": "node1", "endpoint": "tcp://127.0.0.1:1", "public_key": str(tmp_path / "node1.key")},
+             {"name": "node2", "endpoint": "tcp://127.0.0.1:2", "public_key": str(tmp_path / "node2.key")}]
+
+    def witness(secret: str) -> PgCluster:
+        config = {"type": "receiver", "builtin": "pgcluster", "role": "witness", "neighbours": peers,
+                  "listen": f"tcp://127.0.0.1:{free_port()}", "secret_key": str(tmp_path / secret)}
+        return PgCluster({"BUS_PLUGIN": "pgc", "BUS_PLUGIN_CONFIG": json.dumps(config), "BUS_RUNTIME_DIR": str(tmp_path)})
+
+    async def main() -> None:
+        p = witness("missing.key_secret")
+        await p.setup()
+        try:
+            assert p.server is None and p.clients == {}
+            status = json.loads((tmp_path / "status" / "pgc.json").read_text())
+            assert status["serving"] is False and status["view"]["role"] == "witness"
+        finally:
+            await p.teardown()
+        p = witness("w.key_secret")  # node2's public key is missing: only node1 may ask
+        await p.setup()
+        try:
+            assert p.server is not None and list(p.server.allowed.values()) == ["node1"]
+        finally:
+            await p.teardown()
+
+    asyncio.run(main())
+
+
+def test_shipped_examples_load(tmp_path: Path) -> None:
+    """The commented switch-over tables of conf/busd.toml and the example of docs/operators.md load."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "conf" / "busd.toml").read_text()
+    block = re.search(r"^# \[plugins\.pgcluster\]\n(?:#.*\n)+", text, re.M)
+    assert block
+    conf = tmp_path / "busd.toml"
+    conf.write_text(re.sub(r"^# ?", "", block.group(0), flags=re.M))
+    config = load(conf)
+    assert config.plugins["pgcluster"].table["neighbours"][0]["name"] == "node2"
+    assert config.plugins["haproxy"].table["servers"] == {"node1": "pg1", "node2": "pg2"}
+    assert config.plugins["pg_hba"].filter.match_fields("synthetic", "postgres", "info", "PG_ROUTING_DECISION")
+    assert not config.plugins["pg_hba"].filter.match_fields("synthetic", "postgres", "info", "PG_UP")
+    docs = (root / "docs" / "operators.md").read_text()
+    example = next(b for b in re.findall(r"```toml\n(.*?)```", docs, re.S) if 'builtin = "pgcluster"' in b)
+    conf.write_text(example)
+    config = load(conf)
+    assert config.plugins["pgcluster"].table["witness"]["name"] == "witness"
+    assert {p.builtin for p in config.plugins.values()} == {"pgcluster", "pg_hba", "haproxy"}
