@@ -1,10 +1,11 @@
 """Collector ``postgres``: polls the local PostgreSQL (and its repmgr metadata) every ``interval`` seconds.
 
-It keeps one connection (psycopg 3, asyncio; reconnects on the next poll after any failure), gives
-each query ``query_timeout`` seconds (server-side ``statement_timeout`` and a client-side bound: a
-hung query never stops the polling), and emits raw events with ``system = "postgres"``,
-``dev_name`` = ``node_name`` and ``dev_wwid`` = ``<system_identifier>:<repmgr node id>`` (``""``
-until known):
+It keeps one connection (psycopg 3, asyncio; when that connection broke, the poll tries once more on
+a new one, so a restarted server or a terminated backend is not an outage; after any failure the
+next poll connects anew), gives each query ``query_timeout`` seconds (server-side
+``statement_timeout`` and a client-side bound: a hung query never stops the polling), and emits raw
+events with ``system = "postgres"``, ``dev_name`` = ``node_name`` and ``dev_wwid`` =
+``<system_identifier>:<repmgr node id>`` (``""`` until known):
 
 ``POSTGRES_STATE`` (info), one per successful poll. ``extensions``:
     ``node_name``, ``dsn`` (the DSN without password), ``interval``, ``role`` (``primary`` or
@@ -314,9 +315,15 @@ class Postgres(Collector):
         """Poll once and emit what it found: a state and new repmgr events, or a down event."""
         self.polls += 1
         try:
-            await self.connection()
-            state = await self.read_state()
-            events = await self.read_repmgr_events(state) if state["repmgr_events_table"] else []
+            try:
+                reused = self.conn is not None
+                state, events = await self.read_all()
+            except psycopg.OperationalError as exc:
+                if not reused or isinstance(exc, psycopg.errors.QueryCanceled):
+                    raise
+                # the kept connection broke (server restarted, backend terminated): a new one decides
+                await self.close_connection()
+                state, events = await self.read_all()
         except PollFailed as exc:
             await self.failed(exc)
             return
@@ -343,6 +350,12 @@ class Postgres(Collector):
                             "lag_seconds": state["lag_seconds"], "lag_bytes": state["lag_bytes"],
                             "node_id": state["node_id"], "system_identifier": state["system_identifier"],
                             "repmgr_nodes": state["repmgr_nodes"], "error": None})
+
+    async def read_all(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Connect when needed; return the state and the new repmgr events."""
+        await self.connection()
+        state = await self.read_state()
+        return state, await self.read_repmgr_events(state) if state["repmgr_events_table"] else []
 
     async def read_state(self) -> dict[str, Any]:
         """Run the state queries; return the ``POSTGRES_STATE`` extensions (plus ``repmgr_events_table``)."""

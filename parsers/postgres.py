@@ -26,9 +26,11 @@ event_type                     severity when
                                warn     the same row reported by several nodes is emitted once
 ============================== ======== =============================================================
 
-A raw event without ``extensions.node_name`` (or ``dev_name``), or a ``POSTGRES_STATE`` without a
-boolean ``in_recovery``, is logged (``bad_event``) and skipped. One input gives its events in this order: ``PG_UP``/``PG_DOWN``, ``PG_PROMOTED``/``PG_DEMOTED``,
-``PG_STANDBY_LAG[_CLEARED]``, ``PG_REPMGR_EVENT``, ``PG_SPLIT_BRAIN[_RESOLVED]``, ``PG_PRIMARY_CHANGED``.
+One input gives its events in this order: ``PG_UP``/``PG_DOWN``, ``PG_PROMOTED``/``PG_DEMOTED``,
+``PG_STANDBY_LAG[_CLEARED]``, ``PG_REPMGR_EVENT``, ``PG_SPLIT_BRAIN[_RESOLVED]``, ``PG_PRIMARY_CHANGED``;
+every one carries the view after that input. A raw event without ``extensions.node_name`` (or
+``dev_name``), or a ``POSTGRES_STATE`` without a boolean ``in_recovery``, is logged (``bad_event``)
+and skipped: a state without its role must not count as a primary.
 
 ``dev_name`` is the node the event is about: the node itself; for ``PG_REPMGR_EVENT`` the node the
 repmgr event names; for ``PG_PRIMARY_CHANGED`` the new primary (the previous one when there is
@@ -195,6 +197,15 @@ class PostgresParser(Parser):
             self.nodes[name] = Node(name)
         return self.nodes[name]
 
+    def named(self, name: str, system_identifier: str = "") -> Node:
+        """Return the node called ``name``; for a node no collector reports on, a stand-in (not kept)
+        with its repmgr id and the cluster's system identifier, so events about it get a ``dev_wwid``."""
+        if name in self.nodes:
+            return self.nodes[name]
+        node_id = next((r.get("node_id") for r in self.repmgr_nodes() if r.get("node_name") == name), None)
+        sysid = system_identifier or next((n.system_identifier for n in self.nodes.values() if n.system_identifier), "")
+        return Node(name, node_id=node_id, system_identifier=sysid)
+
     # -- input -----------------------------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Event] | None:
@@ -276,9 +287,9 @@ class PostgresParser(Parser):
             self.repmgr_seen.popitem(last=False)
         about = next((n for n in self.nodes.values() if ext.get("event_node_id") is not None
                       and n.node_id == ext.get("event_node_id")), None)
-        if about is None and ext.get("event_node_name"):  # a node no collector here reports on
-            about = Node(str(ext["event_node_name"]), node_id=ext.get("event_node_id"),
-                         system_identifier=str(ext.get("system_identifier") or ""))
+        if about is None and ext.get("event_node_name"):
+            about = self.named(str(ext["event_node_name"]), str(ext.get("system_identifier") or ""))
+            about.node_id = ext.get("event_node_id") if about.node_id is None else about.node_id
         about = about or node
         successful = bool(ext.get("successful"))
         fields = {k: ext.get(k) for k in ("event", "event_node_id", "event_node_name", "successful",
@@ -392,7 +403,7 @@ class PostgresParser(Parser):
         primary, primary_source = self.believed_primary()
         if primary != self.primary:
             previous_primary, self.primary, self.primary_source = self.primary, primary, primary_source
-            about = self.nodes.get(primary or previous_primary) or self.node(primary or previous_primary)
+            about = self.named(primary or previous_primary)
             if primary:
                 msg = f"primary is now {primary} (was {previous_primary or 'none'}; {primary_source})"
             else:

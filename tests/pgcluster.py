@@ -306,8 +306,23 @@ class PgCluster:
         self.wait_streaming(node, "node1")
         self.repmgr(node, "standby", "register")
 
+    def recreate(self) -> None:
+        """Start over: stop both servers, remove everything and :meth:`create` again on the same ports
+        (so DSNs stay valid; about as long as the first build)."""
+        self._stop_all()
+        for path in self.base.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        self.create()
+
     def close(self) -> None:
         """Stop every server still running (immediately) and remove the temporary directory."""
+        self._stop_all()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _stop_all(self) -> None:
         for node in NODES:
             pidfile = self.data_dir(node) / "postmaster.pid"
             if not pidfile.exists():
@@ -318,4 +333,3 @@ class PgCluster:
             if pidfile.exists():  # pg_ctl failed: the postmaster's pid is the pid file's first line
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
-        shutil.rmtree(self.base, ignore_errors=True)

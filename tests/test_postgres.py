@@ -173,7 +173,8 @@ def test_standby_only_believes_repmgr_for_the_primary() -> None:
     out = p.handle(state("node2", "standby"))
     assert brief(out) == [("PG_UP", "node2", "info"), ("PG_PRIMARY_CHANGED", "node1", "info")]
     assert out is not None and out[1]["extensions"]["primary_source"] == "repmgr"
-    assert out[1]["dev_wwid"] == ""  # node1 is only known by name: no system identifier of its own yet
+    # node1 is known from repmgr only: its id from repmgr.nodes, the system identifier of the cluster
+    assert out[1]["dev_wwid"] == f"{SYSID}:1" and "node1" not in out[1]["extensions"]["nodes"]
 
 
 def test_lag_crossing_both_ways_in_seconds_and_bytes() -> None:
@@ -410,6 +411,12 @@ def test_collector_on_real_servers(pg_cluster: PgCluster, tmp_path: Path) -> Non
             locker.rollback()
         await c1.poll_once()
         assert types(c1) == ["POSTGRES_DOWN", "POSTGRES_STATE"]
+        # its backend terminated: the poll reconnects at once, no outage reported
+        killed = pg.sql("node1", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE application_name = 'busd-t-postgres'")
+        assert killed == [(True,)]
+        await c1.poll_once()
+        assert types(c1) == ["POSTGRES_DOWN", "POSTGRES_STATE", "POSTGRES_STATE"]
         await c1.teardown()
 
         # a first start with a backlog emits the last rows of repmgr.events
@@ -515,8 +522,11 @@ def test_failover_and_split_brain_through_busd(pg_cluster: PgCluster, bus: Bus) 
 
     # repmgr promotes node2: PG_PROMOTED, PG_PRIMARY_CHANGED to node2, and repmgr's standby_promote
     seen = len(recorded(record))
+    promoted_at = time.monotonic()
     pg.promote("node2")
     promoted = wait_event(record, "PG_PROMOTED", "node2", after=seen)
+    reported = time.monotonic() - promoted_at
+    assert reported < 5.0, f"PG_PROMOTED {reported:.2f} s after repmgr standby promote started"
     assert promoted["ext"]["timeline"] == 2 and promoted["ext"]["primary"] == "node2"
     changed = wait_event(record, "PG_PRIMARY_CHANGED", "node2", after=seen)
     assert changed["ext"]["previous_primary"] == "" and changed["ext"]["primary_source"] == "polled"
