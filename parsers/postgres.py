@@ -376,7 +376,7 @@ class PostgresParser(Parser):
         up = sorted((n for n in self.nodes.values() if n.up and n.repmgr_nodes), key=lambda n: n.last_seen)
         if up:
             listed = [str(r.get("node_name")) for r in up[-1].repmgr_nodes if r.get("type") == "primary" and r.get("active")]
-            alive = [name for name in listed if name not in self.nodes or self.nodes[name].status != "down"]
+            alive = [name for name in listed if name not in self.nodes or self.nodes[name].up]
             if len(alive) == 1:
                 return alive[0], "repmgr"
         return "", ""
