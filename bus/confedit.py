@@ -645,8 +645,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, text: str, *, mode: int = 0o644) -> None:
+def write_file(path: Path, text: str | bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``text`` durably: temporary file in its directory, fsync, rename, fsync the directory.
+
+    ``bytes`` are written as they are (byte for byte); ``str`` in the locale's encoding.
 
     An existing file keeps its permissions and owner (the owner when run as root); a new one gets
     ``mode``. A symbolic link is followed: its target is replaced, the link stays.
@@ -659,7 +661,7 @@ def write_file(path: Path, text: str, *, mode: int = 0o644) -> None:
         st = None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fchmod(f.fileno(), st.st_mode & 0o7777 if st else mode)

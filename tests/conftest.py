@@ -42,8 +42,11 @@ def plugin_cmd(name: str, *args: str) -> list[str]:
 
 def toml_value(value: Any) -> str:
     """Render a Python value as TOML (enough for test configurations)."""
-    return json.dumps(value) if not isinstance(value, dict) else (
-        "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }")
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 class Bus:
