@@ -10,6 +10,7 @@ from typing import Any
 
 from conftest import wait_for
 from fakesys import FakeSys
+from kernel_input import kmsg_events
 
 from bus.config import load
 from bus.event import Event, new_event
@@ -60,18 +61,8 @@ def expire(parser: KernelParser, timeout: float = 5.0) -> list[Event]:
 
 
 def kmsg_records(path: Path) -> list[Event]:
-    """Parse a /dev/kmsg dump (``prio,seq,usec,flags;msg`` and `` KEY=VALUE`` lines) into raw events."""
-    events: list[Event] = []
-    for text in path.read_text().splitlines():
-        if text.startswith(" ") and events:
-            key, _, value = text.strip().partition("=")
-            events[-1]["extensions"][key] = value
-            continue
-        head, _, msg = text.partition(";")
-        prio, seq, usec, flags = head.split(",")[:4]
-        events.append(new_event("kmsg", "KMSG", msg, extensions={
-            "level": int(prio) & 7, "facility": int(prio) >> 3, "seq": int(seq), "usec": int(usec), "flags": flags}))
-    return events
+    """Parse a /dev/kmsg dump into raw events, with the kmsg collector's own record parser."""
+    return kmsg_events(path.read_text())
 
 
 def only(events: list[Event]) -> Event:
