@@ -11,7 +11,7 @@ A script holds events2 lines, printed one by one and flushed, and directives:
 
 - ``# sleep S``: wait S seconds;
 - ``# stderr TEXT``: print TEXT on stderr;
-- ``# wait-n``: wait until an ``n`` was read on stdin;
+- ``# wait-n``: wait until one more ``n`` was read on stdin (the k-th wait-n waits for the k-th n);
 - ``# wait-file PATH``: wait until PATH exists (tests create it to let the replay go on);
 - ``# exit N``: exit with status N;
 - ``# block``: wait until stdin is closed, then exit 0 (also what happens at the end of a script);
@@ -28,7 +28,8 @@ import threading
 import time
 
 _lock = threading.Lock()
-_n_seen = threading.Event()
+_n_read = threading.Condition()
+_n_count = 0  # how many "n" were read on stdin; each "# wait-n" consumes one
 _stdin_closed = threading.Event()
 
 
@@ -47,12 +48,15 @@ def record(path: str | None, text: str) -> None:
 
 
 def read_stdin(record_path: str | None, on_n: list[str]) -> None:
+    global _n_count
     for line in sys.stdin:
         if line.strip() == "n":
             record(record_path, "n")
             for text in on_n:
                 out(text)
-            _n_seen.set()
+            with _n_read:
+                _n_count += 1
+                _n_read.notify_all()
     _stdin_closed.set()
 
 
@@ -73,6 +77,7 @@ def main() -> int:
     threading.Thread(target=read_stdin, args=(args.record, args.on_n), daemon=True).start()
     with open(script) as f:
         lines = f.read().splitlines()
+    waited = 0
     for line in lines:
         if line.startswith("#raw "):
             out(line[5:])
@@ -85,7 +90,9 @@ def main() -> int:
         elif line.startswith("# stderr "):
             out(line[9:], sys.stderr)
         elif line.startswith("# wait-n"):
-            _n_seen.wait()
+            waited += 1
+            with _n_read:
+                _n_read.wait_for(lambda n=waited: _n_count >= n)
         elif line.startswith("# wait-file "):
             path = line[12:].strip()
             while not os.path.exists(path):
