@@ -31,6 +31,7 @@ __all__ = [
     "PluginConfig",
     "builtin_filter",
     "builtin_module",
+    "check_table",
     "default_path",
     "default_runtime_dir",
     "load",
@@ -413,6 +414,24 @@ def _check_builtin_options(file: str, key: str, ptype: str, builtin: str, table:
             check(plugin_options(ptype, builtin, table))
         except ValueError as exc:
             raise _nested_error(file, key, exc) from None
+
+
+def check_table(where: str, table: Any, options: dict[str, Option], *, what: str = "a table") -> dict[str, Any]:
+    """Check a nested table of a plugin's options (one webhook, one resource) against ``options``; return it.
+
+    Raises:
+        ValueError: ``"<where>.<key>: reason"`` (the form :func:`check_options` hooks raise).
+    """
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: must be {what}")
+    for key, value in table.items():
+        opt = options.get(key)
+        if opt is None:
+            raise ValueError(f"{where}.{key}: unknown key (allowed: {', '.join(options)})")
+        reason = opt.check(value)
+        if reason:
+            raise ValueError(f"{where}.{key}: {reason}")
+    return table
 
 
 def _nested_error(file: str, key: str, exc: Exception) -> ConfigError:

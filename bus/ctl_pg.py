@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -70,16 +69,13 @@ def format_status(statuses: list[dict[str, Any]], now: float | None = None) -> s
 @app.command()
 def status(json_out: Annotated[bool, typer.Option("--json", help="the status files as a JSON list")] = False) -> None:
     """Show each pgcluster receiver: its view, each neighbour's and the witness's answer, the last decision."""
-    from bus.cli import plugin_statuses
+    from bus.cli import echo_rows, plugin_statuses
 
     statuses = plugin_statuses(None, "pgcluster")
-    if json_out:
-        typer.echo(json.dumps(statuses, indent=2))
-        return
-    if not statuses:
-        typer.echo("no pgcluster receiver is configured")
+    if echo_rows(statuses, json_out, "no pgcluster receiver is configured"):
+        typer.echo(format_status(statuses))
+    elif not statuses:
         raise typer.Exit(1)
-    typer.echo(format_status(statuses))
 
 
 def keygen(

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bus.config import Option
+from bus.config import Option, check_table
 from bus.event import Event
 from bus.plugin import Receiver, run
 from receivers._drbd import flag, well_formed
@@ -140,17 +140,10 @@ class ResourceConfig:
     def from_table(cls, name: str, table: Any) -> ResourceConfig:
         """Build from a ``resources.NAME`` table; raises ``ValueError("resources.NAME.key: reason")``."""
         where = f"resources.{name}"
-        if not isinstance(table, dict):
-            raise ValueError(f"{where}: must be a table")
+        check_table(where, table, RESOURCE_OPTIONS)
         values = {k: o.default for k, o in RESOURCE_OPTIONS.items()}
         for key, value in table.items():
-            opt = RESOURCE_OPTIONS.get(key)
-            if opt is None:
-                raise ValueError(f"{where}.{key}: unknown key (allowed: {', '.join(RESOURCE_OPTIONS)})")
-            reason = opt.check(value)
-            if reason:
-                raise ValueError(f"{where}.{key}: {reason}")
-            if opt.type is list and not all(isinstance(v, str) and v.strip() for v in value):
+            if RESOURCE_OPTIONS[key].type is list and not all(isinstance(v, str) and v.strip() for v in value):
                 raise ValueError(f"{where}.{key}: must be an array of non-empty strings")
             values[key] = value
         if values["sleep-before-promote-factor"] < 0:

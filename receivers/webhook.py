@@ -92,7 +92,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from bus import __version__
-from bus.config import Option
+from bus.config import Option, check_table
 from bus.event import Event, new_event, to_json
 from bus.filter import Filter, FilterError
 from bus.plugin import Receiver, run
@@ -179,21 +179,13 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def check_webhook(table: Any, where: str) -> dict[str, Any]:
+def check_webhook(spec: Any, where: str) -> dict[str, Any]:
     """Validate one webhook table (defaults not applied); return it.
 
     Raises:
         ValueError: ``"<where>.<key>: reason"``.
     """
-    if not isinstance(table, dict):
-        raise ValueError(f"{where}: must be a table with at least url")
-    for key, value in table.items():
-        opt = WEBHOOK_OPTIONS.get(key)
-        if opt is None:
-            raise ValueError(f"{where}.{key}: unknown key (allowed: {', '.join(WEBHOOK_OPTIONS)})")
-        reason = opt.check(value)
-        if reason:
-            raise ValueError(f"{where}.{key}: {reason}")
+    table = check_table(where, spec, WEBHOOK_OPTIONS, what="a table with at least url")
     if "url" not in table:
         raise ValueError(f"{where}.url: is required")
     url = urlsplit(table["url"])
