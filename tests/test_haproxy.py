@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import async_wait_for
 from haproxyproc import HAProxyProc
 from pgcluster import free_port
 
@@ -122,11 +123,7 @@ def test_haproxy_down_is_retried_until_it_answers(tmp: Path) -> None:
             await r.handle(decision("node2", "allow_writes", True))
             assert r.counters["command_failed"] == 1 and r.outage.active
             hap.start()
-            for _ in range(200):
-                if not r.outage.active:
-                    break
-                await asyncio.sleep(0.05)
-            assert not r.outage.active
+            await async_wait_for(lambda: not r.outage.active, 10, "the receiver to reach HAProxy")
             assert admin(hap)["pg_write/pg2"] == "ready" and admin(hap)["pg_write/pg1"] == "maint"
         finally:
             await r.teardown()
@@ -142,11 +139,7 @@ def test_drift_is_corrected(haproxy: HAProxyProc) -> None:
         try:
             await r.handle(decision("node1", "allow_writes", True))
             haproxy.command("set server pg_write/pg2 state ready")  # by hand, behind busd's back
-            for _ in range(100):
-                await asyncio.sleep(0.05)
-                if admin(haproxy)["pg_write/pg2"] == "maint":
-                    break
-            assert admin(haproxy)["pg_write/pg2"] == "maint"
+            await async_wait_for(lambda: admin(haproxy)["pg_write/pg2"] == "maint", 5, "the drift to be corrected")
         finally:
             await r.teardown()
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
-from conftest import ROOT, Bus, wait_for
+from conftest import ROOT, Bus, async_wait_for, wait_for
 
 from bus import config, protocol
 from bus.client import ControlClient, Publisher
@@ -202,7 +202,7 @@ def test_publisher_reports_acknowledged_events_in_emission_order(tmp_path: Path)
         for answered, index in enumerate((2, 0, 1), 1):  # the broker answers the third request first
             ident, payload = requests[index][0], protocol.unpackb(requests[index][-1])
             await router.send_multipart([ident, protocol.packb({"id": payload["id"], "ok": True, "accepted": 1})])
-            await asyncio.wait_for(_until(lambda n=answered: publisher.pending() == 3 - n), 5)
+            await async_wait_for(lambda n=answered: publisher.pending() == 3 - n, 5, "the publisher to release")
             released.append(["|"])
         await publisher.close(0)
         client.close()
@@ -211,11 +211,6 @@ def test_publisher_reports_acknowledged_events_in_emission_order(tmp_path: Path)
         return released
 
     assert asyncio.run(scenario()) == [["|"], ["one"], ["|"], ["two"], ["three"], ["|"]]
-
-
-async def _until(predicate: Any) -> None:
-    while not predicate():
-        await asyncio.sleep(0.005)
 
 
 # -- the collector without busd ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Bus, wait_for
+from conftest import Bus, async_wait_for, wait_for
 from drbd_events import changed, connection, device, drbd_event, may_promote, peer_device, quorum, resource, role
 from fakecmd import FakeTools
 
@@ -39,16 +39,6 @@ def make(tmp_path: Path, tools: FakeTools, resources: dict[str, Any], *, hostnam
 def res(**table: Any) -> dict[str, Any]:
     """A resource table with three units and no ``drbdadm adjust`` at start (unless given)."""
     return {"start": UNITS, "adjust-resource-on-start": False, **table}
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Await ``predicate()`` becoming truthy on the running loop."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-    return value
 
 
 def scenario(plugins: list[Promoter], body: Callable[[], Awaitable[None]]) -> None:
@@ -81,7 +71,7 @@ async def recorded(tmp_path: Path, action: str, resource: str = "r0", name: str 
     def done() -> dict[str, Any] | None:
         entry: dict[str, Any] = status_of(tmp_path, name)["resources"][resource]
         return entry if (entry["last_action"] or {}).get("action") == action and not entry["busy"] else None
-    return dict(await until(done, what=f"action {action} of {resource}"))
+    return dict(await async_wait_for(done, what=f"action {action} of {resource}"))
 
 
 def test_may_promote_promotes_then_starts_units_in_order(tmp_path: Path) -> None:
@@ -89,7 +79,7 @@ def test_may_promote_promotes_then_starts_units_in_order(tmp_path: Path) -> None
     p = make(tmp_path, tools, {"r0": res(**{"adjust-resource-on-start": True})})
 
     async def body() -> None:
-        await until(lambda: tools.calls() == ["drbdadm adjust r0"], what="adjust at start")
+        await async_wait_for(lambda: tools.calls() == ["drbdadm adjust r0"], what="adjust at start")
         st = resource("r0")
         p.handle(drbd_event("DRBD_INITIAL_STATE", st, action="exists"))
         p.handle(drbd_event("DRBD_PEER_ROLE_CHANGED", changed(st, promotion_score=1)))  # not promotable: nothing
@@ -97,7 +87,7 @@ def test_may_promote_promotes_then_starts_units_in_order(tmp_path: Path) -> None
         assert tools.calls() == ["drbdadm adjust r0"]
         event, st = may_promote(st)
         p.handle(event)
-        await until(lambda: len(tools.calls()) == 5, what="promote and three starts")
+        await async_wait_for(lambda: len(tools.calls()) == 5, what="promote and three starts")
         assert tools.calls() == ["drbdadm adjust r0", "drbdadm primary r0", "systemctl start a.service",
                                  "systemctl start b.service", "systemctl start c.service"]
         await recorded(tmp_path, "promote")
@@ -121,7 +111,7 @@ def test_quorum_lost_stops_in_reverse_then_demotes(tmp_path: Path) -> None:
 
     async def body() -> None:
         st = promoted(p, resource("r0"))
-        await until(lambda: len(tools.calls()) == 4, what="started")
+        await async_wait_for(lambda: len(tools.calls()) == 4, what="started")
         event, st = role(st, "Primary")
         p.handle(event)
         event, st = quorum(st, False)
@@ -145,7 +135,7 @@ def test_quorum_lost_on_a_secondary_does_nothing(tmp_path: Path) -> None:
         st = resource("r0", connections=[connection("node2", peer_role="Primary")])
         p.handle(drbd_event("DRBD_INITIAL_STATE", st, action="exists"))
         p.handle(quorum(st, False)[0])
-        await until(lambda: (status_of(tmp_path)["resources"]["r0"]["last_action"] or {}).get("action"))
+        await async_wait_for(lambda: (status_of(tmp_path)["resources"]["r0"]["last_action"] or {}).get("action"))
         assert status_of(tmp_path)["resources"]["r0"]["last_action"]["detail"] == "nothing runs here"
         assert tools.calls() == []
 
@@ -195,7 +185,7 @@ def test_demote_failure_forces_then_escalates(tmp_path: Path) -> None:
 
     async def body() -> None:
         st = promoted(p, resource("r0"))
-        await until(lambda: len(tools.calls()) == 2)
+        await async_wait_for(lambda: len(tools.calls()) == 2)
         p.handle(role(st, "Primary")[0])
         st = role(st, "Primary")[1]
         p.handle(quorum(st, False)[0])
@@ -229,7 +219,7 @@ def test_sleep_before_promote_by_disk_state_and_factor(tmp_path: Path) -> None:
         started = time.time()
         promoted(p, resource("r0", devices=[device(0, "Inconsistent")]))  # 3 s x 0.1
         promoted(p, resource("r1"))  # UpToDate: at once
-        await until(lambda: len(tools.calls()) == 4)
+        await async_wait_for(lambda: len(tools.calls()) == 4)
         times = {call: t - started for t, call in tools.timed_calls()}
         assert times["drbdadm primary r1"] < 0.25
         assert times["drbdadm primary r0"] >= 0.3
@@ -244,9 +234,9 @@ def test_no_promotion_when_no_longer_promotable_after_the_sleep(tmp_path: Path) 
 
     async def body() -> None:
         st = promoted(p, resource("r0", devices=[device(0, "Outdated")]))  # waits 0.2 s
-        await until(lambda: "waiting" in status_of(tmp_path)["resources"]["r0"]["busy"], what="busy waiting")
+        await async_wait_for(lambda: "waiting" in status_of(tmp_path)["resources"]["r0"]["busy"], what="busy waiting")
         p.handle(may_promote(st, False)[0])  # a peer won meanwhile
-        await until(lambda: status_of(tmp_path)["resources"]["r0"]["last_action"], what="an action")
+        await async_wait_for(lambda: status_of(tmp_path)["resources"]["r0"]["last_action"], what="an action")
         last = status_of(tmp_path)["resources"]["r0"]["last_action"]
         assert last["ok"] is False and last["detail"].startswith("skipped: no longer promotable")
         assert tools.calls() == []
@@ -265,18 +255,18 @@ def test_preferred_node_wins_and_hands_back(tmp_path: Path) -> None:
         started = time.time()
         promoted(n1, resource("r0", connections=[connection("node2")]))
         st2 = promoted(n2, resource("r0", connections=[connection("node1")]))
-        await until(lambda: t1.calls() == ["drbdadm primary r0", "systemctl start a.service"], what="node1")
+        await async_wait_for(lambda: t1.calls() == ["drbdadm primary r0", "systemctl start a.service"], what="node1")
         assert t1.timed_calls()[0][0] - started < 0.25
         # DRBD on node2 sees node1 Primary: no longer promotable, before node2's 0.3 s are over
         n2.handle(drbd_event("DRBD_MAY_PROMOTE_CHANGED", changed(st2, may_promote=False), before=st2))
-        await until(lambda: status_of(tmp_path, "p2")["resources"]["r0"]["last_action"], what="node2 gives up")
+        await async_wait_for(lambda: status_of(tmp_path, "p2")["resources"]["r0"]["last_action"], what="node2 gives up")
         assert t2.calls() == []
         assert "skipped" in status_of(tmp_path, "p2")["resources"]["r0"]["last_action"]["detail"]
 
         # policy "always": when node1 fails, node2 takes over; once node1 is back UpToDate, node2 hands back
         st2 = changed(st2, may_promote=True)
         n2.handle(drbd_event("DRBD_MAY_PROMOTE_CHANGED", st2, before=changed(st2, may_promote=False)))
-        await until(lambda: len(t2.calls()) == 2, what="node2 promotes")
+        await async_wait_for(lambda: len(t2.calls()) == 2, what="node2 promotes")
         assert time.time() - started >= 0.3  # node2 waited its 1 s x 0.3
         back = resource("r0", "Primary", connections=[connection("node1", state="Connecting",
                                                                  peer_devices=[peer_device(0, "DUnknown")])])
@@ -299,7 +289,7 @@ def test_second_resource_is_independent(tmp_path: Path) -> None:
     async def body() -> None:
         promoted(p, resource("r0", devices=[device(0, "Consistent")]))  # r0 waits 0.5 s
         s1 = promoted(p, resource("r1"))  # r1 goes on meanwhile
-        await until(lambda: "systemctl start y.service" in tools.calls(), what="r1 started")
+        await async_wait_for(lambda: "systemctl start y.service" in tools.calls(), what="r1 started")
         assert "drbdadm primary r0" not in tools.calls()
         p.handle(quorum(role(s1, "Primary")[1], False)[0])
         await recorded(tmp_path, "quorum-lost", "r1")
@@ -326,22 +316,22 @@ def test_freeze_on_quorum_loss_thaw_and_forced_secondary(tmp_path: Path) -> None
 
     async def body() -> None:
         st = promoted(p, resource("r0"))
-        await until(lambda: len(tools.calls()) == 4)
+        await async_wait_for(lambda: len(tools.calls()) == 4)
         event, st = role(st, "Primary")
         p.handle(event)
         event, st = quorum(st, False)
         p.handle(event)
-        await until(lambda: len(tools.calls()) == 6, what="freeze")
+        await async_wait_for(lambda: len(tools.calls()) == 6, what="freeze")
         assert tools.calls()[4:] == ["systemctl freeze b.service", "systemctl freeze a.service"]  # not the mount
         event, st = quorum(st, True)
         p.handle(event)
-        await until(lambda: len(tools.calls()) == 8, what="thaw")
+        await async_wait_for(lambda: len(tools.calls()) == 8, what="thaw")
         assert tools.calls()[6:] == ["systemctl thaw a.service", "systemctl thaw b.service"]
         event, st = quorum(st, False)
         p.handle(event)
-        await until(lambda: len(tools.calls()) == 10, what="frozen again")
+        await async_wait_for(lambda: len(tools.calls()) == 10, what="frozen again")
         p.handle(role(st, "Secondary")[0])  # on-suspended-primary-outdated force-secondary
-        await until(lambda: len(tools.calls()) == 13, what="stopped")
+        await async_wait_for(lambda: len(tools.calls()) == 13, what="stopped")
         assert tools.calls()[10:] == ["systemctl stop b.service", "systemctl stop a.service",
                                       "systemctl stop data.mount"]
         assert "drbdadm secondary r0" not in tools.calls()
@@ -355,9 +345,9 @@ def test_failed_service_stops_and_demotes(tmp_path: Path) -> None:
 
     async def body() -> None:
         st = promoted(p, resource("r0"))
-        await until(lambda: len(tools.calls()) == 4)
+        await async_wait_for(lambda: len(tools.calls()) == 4)
         p.handle(role(st, "Primary")[0])
-        await until(lambda: "systemctl is-active c.service" in tools.calls(skip=()), what="a monitor round")
+        await async_wait_for(lambda: "systemctl is-active c.service" in tools.calls(skip=()), what="a monitor round")
         assert len(tools.calls()) == 4
         tools.fail("systemctl is-active b.service")
         last = (await recorded(tmp_path, "service-failed"))["last_action"]
@@ -377,7 +367,7 @@ def test_shell_runner_and_stop_on_exit(tmp_path: Path) -> None:
 
     async def body() -> None:
         st = promoted(p, resource("r0"))
-        await until(lambda: out.exists() and out.read_text() == "start1\nstart2\n", what="shell starts")
+        await async_wait_for(lambda: out.exists() and out.read_text() == "start1\nstart2\n", what="shell starts")
         p.handle(role(st, "Primary")[0])
 
     scenario([p], body)

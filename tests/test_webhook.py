@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import Bus, ev, toml_value, wait_for
+from conftest import Bus, async_wait_for, ev, toml_value, wait_for
 from webhook_server import WebhookServer
 
 from bus.config import load
@@ -227,13 +227,6 @@ def receiver(tmp_path: Path, webhooks: list[dict[str, Any]], **options: Any) -> 
                        "BUS_RUNTIME_DIR": str(tmp_path / "run")})
 
 
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def test_receiver_filters_retries_rejects_and_reports_status(tmp_path: Path, server: WebhookServer) -> None:
     bad = set()
     unauthorized = [401, 401]  # the first two requests (the server's token was not set up yet): retried
@@ -256,8 +249,8 @@ def test_receiver_filters_retries_rejects_and_reports_status(tmp_path: Path, ser
         try:
             for event in events:
                 await plugin.handle(event)
-            await _until(lambda: len(server.received("/all")) == 2 and len(server.received("/gluster")) == 2)
-            await _until(lambda: plugin.hooks[1].outbox is not None and plugin.hooks[1].outbox.depth == 0)
+            await async_wait_for(lambda: len(server.received("/all")) == 2 and len(server.received("/gluster")) == 2)
+            await async_wait_for(lambda: plugin.hooks[1].outbox is not None and plugin.hooks[1].outbox.depth == 0)
         finally:
             await plugin.teardown()
 
@@ -302,7 +295,7 @@ def test_concurrent_requests_retry_only_what_failed(tmp_path: Path, server: Webh
         try:
             for event in events:
                 await plugin.handle(event)
-            await _until(lambda: plugin.hooks[0].outbox is not None and plugin.hooks[0].outbox.depth == 0)
+            await async_wait_for(lambda: plugin.hooks[0].outbox is not None and plugin.hooks[0].outbox.depth == 0)
         finally:
             await plugin.teardown()
 
@@ -328,7 +321,7 @@ def test_events_older_than_max_age_are_dropped_and_counted(tmp_path: Path) -> No
         try:
             for i in range(3):
                 await plugin.handle(new_event("test", "E", str(i), kind="synthetic"))
-            await _until(lambda: plugin.hooks[0].outbox is not None and plugin.hooks[0].outbox.totals["expired"] == 3)
+            await async_wait_for(lambda: plugin.hooks[0].outbox is not None and plugin.hooks[0].outbox.totals["expired"] == 3)
         finally:
             await plugin.teardown()
 
