@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -402,6 +403,15 @@ def echo_rows(rows: list[Any], json_out: bool, empty: str) -> bool:
         typer.echo(empty)
         return False
     return True
+
+
+def show_statuses(config: str | None, builtin: str, json_out: bool, empty: str,
+                  render: Callable[[list[dict[str, Any]]], str]) -> bool:
+    """``busctl X status``: print the status files of a built-in's instances; return whether there were any."""
+    rows = plugin_statuses(config, builtin)
+    if echo_rows(rows, json_out, empty):
+        typer.echo(render(rows))
+    return bool(rows)
 
 
 def plugin_statuses(config: str | None, builtin: str) -> list[dict[str, Any]]:

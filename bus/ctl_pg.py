@@ -69,12 +69,9 @@ def format_status(statuses: list[dict[str, Any]], now: float | None = None) -> s
 @app.command()
 def status(json_out: Annotated[bool, typer.Option("--json", help="the status files as a JSON list")] = False) -> None:
     """Show each pgcluster receiver: its view, each neighbour's and the witness's answer, the last decision."""
-    from bus.cli import echo_rows, plugin_statuses
+    from bus.cli import show_statuses
 
-    statuses = plugin_statuses(None, "pgcluster")
-    if echo_rows(statuses, json_out, "no pgcluster receiver is configured"):
-        typer.echo(format_status(statuses))
-    elif not statuses:
+    if not show_statuses(None, "pgcluster", json_out, "no pgcluster receiver is configured", format_status):
         raise typer.Exit(1)
 
 

@@ -46,8 +46,6 @@ def format_status(statuses: list[dict[str, Any]], now: float | None = None) -> s
 @app.command()
 def status(json_out: Annotated[bool, typer.Option("--json", help="the status files as a JSON list")] = False) -> None:
     """Show each promoted resource: role, may-promote, services and their state, last action and why."""
-    from bus.cli import echo_rows, plugin_statuses
+    from bus.cli import show_statuses
 
-    statuses = plugin_statuses(None, "promoter")
-    if echo_rows(statuses, json_out, "no promoter plugin configured"):
-        typer.echo(format_status(statuses))
+    show_statuses(None, "promoter", json_out, "no promoter plugin configured", format_status)

@@ -155,32 +155,26 @@ class Websocket(Receiver):
         the senders get one turn of the event loop first, and a queue still full then means its
         socket is not taking data. One such turn per full event, shared by every full client.
         """
-        text: str | None = None
         lost = event.get("event_type") == "BUS_EVENTS_LOST"
-        full: list[Client] = []
-        for client in tuple(self.clients):
-            if not (lost or client.filter.match(event)):
-                continue
-            if len(client.queue) >= self.limit:
-                full.append(client)
-                continue
-            if text is None:
-                text = to_json(event)
-            client.queue.append(text)
-            client.ready.set()
+        wanted = [c for c in self.clients if lost or c.filter.match(event)]
+        if not wanted:
+            return
+        text = to_json(event)
+        full = [c for c in wanted if not self._offer(c, text)]
         if not full:
             return
         await asyncio.sleep(0)
         for client in full:
-            if client not in self.clients:
-                continue
-            if len(client.queue) >= self.limit:
+            if client in self.clients and not self._offer(client, text):
                 self._drop_slow(client)
-                continue
-            if text is None:
-                text = to_json(event)
-            client.queue.append(text)
-            client.ready.set()
+
+    def _offer(self, client: Client, text: str) -> bool:
+        """Queue ``text`` for ``client`` unless its queue is full; return whether it was queued."""
+        if len(client.queue) >= self.limit:
+            return False
+        client.queue.append(text)
+        client.ready.set()
+        return True
 
     async def _send(self, client: Client) -> None:
         """Write a client's queue to its websocket, in order; only this client waits for its socket."""
