@@ -57,18 +57,22 @@ def ext(event: dict[str, Any]) -> dict[str, Any]:
 SDB1 = {"member": "sdb1", "member_wwid": WWID_SDB + "-part1"}
 
 
+SAMPLE_EVENTS = [
+    ("MD_RESYNC_STARTED", "info", "md0", UUID_MD0),
+    ("MD_RESYNC_DONE", "info", "md0", UUID_MD0),
+    ("MD_DISK_FAILURE", "error", "md0", UUID_MD0),
+    ("MD_DISK_FAILURE", "error", "md127", UUID_MD127),
+    ("MD_RECOVERY_STARTED", "info", "md127", UUID_MD127),
+    ("MD_CHECK_STARTED", "info", "md1", UUID_MD1),
+    ("MD_CHECK_DONE", "info", "md1", UUID_MD1),
+]
+"""What every line of dmesg-md.txt gives, in order (the two-line disk failures are one event each)."""
+
+
 def test_every_line_of_the_md_sample(md: Mdraid) -> None:
     events = feed(md, *(SAMPLES / "dmesg-md.txt").read_text().splitlines())
     assert expire(md) == []
-    assert [summary(e) for e in events] == [
-        ("MD_RESYNC_STARTED", "info", "md0", UUID_MD0),
-        ("MD_RESYNC_DONE", "info", "md0", UUID_MD0),
-        ("MD_DISK_FAILURE", "error", "md0", UUID_MD0),
-        ("MD_DISK_FAILURE", "error", "md127", UUID_MD127),
-        ("MD_RECOVERY_STARTED", "info", "md127", UUID_MD127),
-        ("MD_CHECK_STARTED", "info", "md1", UUID_MD1),
-        ("MD_CHECK_DONE", "info", "md1", UUID_MD1),
-    ]
+    assert [summary(e) for e in events] == SAMPLE_EVENTS
     started, done, failure0, failure127, recovery, check, checked = events
     assert ext(started) == {"kernel_name": "md0", "action": "resync"}
     assert started["msg"] == "md0: resync started"
@@ -250,14 +254,6 @@ def test_md_sample_through_busd(bus: Bus, fake: FakeSys) -> None:
     bus.start()
     bus.wait_running("mdraid")
     events = bus.tail(7, "--system", "mdraid")
-    assert [summary(e) for e in events] == [
-        ("MD_RESYNC_STARTED", "info", "md0", UUID_MD0),
-        ("MD_RESYNC_DONE", "info", "md0", UUID_MD0),
-        ("MD_DISK_FAILURE", "error", "md0", UUID_MD0),
-        ("MD_DISK_FAILURE", "error", "md127", UUID_MD127),
-        ("MD_RECOVERY_STARTED", "info", "md127", UUID_MD127),
-        ("MD_CHECK_STARTED", "info", "md1", UUID_MD1),
-        ("MD_CHECK_DONE", "info", "md1", UUID_MD1),
-    ]
+    assert [summary(e) for e in events] == SAMPLE_EVENTS
     assert [e["extensions"].get("remaining_devices") for e in events[2:4]] == [1, 1]
     assert all(e["source"] == "mdraid" and e["kind"] == "synthetic" for e in events)
