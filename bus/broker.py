@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
@@ -25,6 +25,7 @@ from bus.exceptions import EventError
 from bus.filter import Filter
 from bus.log import get_logger
 from bus.protocol import MAX_FRAME, SEQ
+from bus.zsock import NOBLOCK, has_message, recv_message, send_message
 
 __all__ = ["Broker"]
 
@@ -292,11 +293,8 @@ class Broker:
         """
         def drain() -> None:
             n = 0
-            while n < _DRAIN_MAX and not (producer and not self._flowing):
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            while n < _DRAIN_MAX and (self._flowing or not producer) and has_message(sock):
+                frames = recv_message(sock)
                 try:
                     handle(frames)
                 except Exception:
@@ -318,9 +316,12 @@ class Broker:
             self._loop.remove_reader(sock.fileno())
 
     def _recheck(self) -> None:
-        """After sending: schedule a drain of every socket that has messages waiting."""
+        """After sending: schedule a drain of every socket we send on that has messages waiting.
+
+        Ingest sockets are never sent on, so their wake-ups cannot be swallowed.
+        """
         for sock, (drain, producer) in self._watched.items():
-            if (self._flowing or not producer) and cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if not producer and has_message(sock):
                 self._loop.call_soon(drain)
 
     def _reply(self, envelope: list[bytes], msg: dict[str, Any], reply: dict[str, Any] | bytes) -> None:
@@ -329,7 +330,7 @@ class Broker:
             if "id" in msg:
                 reply["id"] = msg["id"]
             reply = protocol.packb(reply)
-        self.control.send_multipart([*envelope, reply])
+        send_message(self.control, [*envelope, reply])
 
     async def _tick(self) -> None:
         """Twice a second: re-check the flow (stalled parsers) and tell held producers to wait."""
@@ -528,19 +529,19 @@ class Broker:
         pending = self._pending_pub
         if pending:
             self._pending_pub = []
-            send = self.pub.send_multipart
+            pub = self.pub
             i, n = 0, len(pending)
             while i < n:
                 _, topic, first, _ = pending[i]
                 j = i + 1
                 while j < n and j - i < _PUB_RUN_MAX and pending[j][1] == topic:
                     j += 1
-                send([topic, SEQ.pack(first), protocol.pack_array([p[3] for p in pending[i:j]])], zmq.NOBLOCK)
+                send_message(pub, [topic, SEQ.pack(first), protocol.pack_array([p[3] for p in pending[i:j]])], NOBLOCK)
                 i = j
         for link in self.parsers.values():
             if link.peer is not None:
                 for frame in link.deliveries():
-                    self.input.send_multipart([link.peer, frame])
+                    send_message(self.input, [link.peer, frame])
 
     # -- parser input socket -------------------------------------------------------------------
 
@@ -564,7 +565,7 @@ class Broker:
             link = self.parsers.get(name) if isinstance(name, str) else None
             if link is None:
                 self._malformed(sender, f"hello from {name!r}, which is not a configured parser")
-                self.input.send_multipart([peer, protocol.packb({"op": "error", "error": f"unknown parser {name!r}"})])
+                send_message(self.input, [peer, protocol.packb({"op": "error", "error": f"unknown parser {name!r}"})])
                 return
             if link.peer is not None:
                 self._input_peers.pop(link.peer, None)

@@ -6,14 +6,13 @@ These are the building blocks of the plugin SDK and of ``bus-emit``, ``bus-tail`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -23,6 +22,7 @@ from bus.event import Event, new_event, new_event_id
 from bus.exceptions import ControlError
 from bus.log import get_logger
 from bus.protocol import SEQ
+from bus.zsock import NOBLOCK, Readiness, has_message, recv_message, sync_context
 
 __all__ = ["ControlClient", "Delivery", "Publisher", "Subscriber", "request"]
 
@@ -30,21 +30,31 @@ log = get_logger("client")
 
 
 class ControlClient:
-    """A DEALER on the control socket with concurrent requests matched to replies by ``id``."""
+    """A DEALER on the control socket with concurrent requests matched to replies by ``id``.
 
-    def __init__(self, endpoint: str, ctx: zmq.asyncio.Context | None = None) -> None:
+    Args:
+        endpoint: busd's control socket (``BUS_CONTROL``).
+        ctx: the ZeroMQ context to share (its I/O thread); the global one by default.
+
+    Attributes:
+        ctx: a ``zmq.asyncio`` context on the same ZeroMQ context, for callers' own sockets.
+    """
+
+    def __init__(self, endpoint: str, ctx: zmq.Context[Any] | None = None) -> None:
         self.endpoint = endpoint
-        self.ctx = ctx or zmq.asyncio.Context.instance()
+        self.ctx = ctx if isinstance(ctx, zmq.asyncio.Context) else zmq.asyncio.Context.instance()
+        self.zctx = sync_context(ctx if ctx is not None else self.ctx)
         self.sock = self._connect()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._ready: Readiness | None = None
         self.on_pending: Callable[[int], None] | None = None
 
-    def _connect(self) -> zmq.asyncio.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
+    def _connect(self) -> zmq.Socket[bytes]:
+        sock = self.zctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never full: a send never blocks
         sock.connect(self.endpoint)
         return sock
 
@@ -54,34 +64,46 @@ class ControlClient:
         The "lazy pirate" pattern: after a timeout, resending on the same socket would pile copies
         up in its queue while busd is away; a fresh socket holds only what is sent next.
         """
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
+        self._stop_reader()
         self.sock.close(0)
         self.sock = self._connect()
 
-    def _ensure_reader(self) -> None:
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read(), name="control-reader")
+    def _stop_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        if self._ready is not None:
+            self._ready.close()
+            self._ready = None
 
-    async def _read(self) -> None:
+    def _ensure_reader(self) -> Readiness:
+        if self._ready is None:
+            self._ready = Readiness(self.sock)
+            self._reader = asyncio.create_task(self._read(self._ready), name="control-reader")
+        return self._ready
+
+    async def _read(self, ready: Readiness) -> None:
+        sock = ready.sock
         while True:
-            frames = await self.sock.recv_multipart()
-            try:
-                reply = protocol.unpackb(frames[-1])
-                if reply.get("pending"):  # busd holds the request back (back pressure): keep waiting
-                    if self.on_pending is not None:
-                        self.on_pending(reply["id"])
-                    continue
-                fut = self._waiting.pop(reply["id"])
-            except Exception:
-                continue
-            if not fut.done():
-                fut.set_result(reply)
+            await ready.wait()
+            while has_message(sock):
+                self._dispatch(recv_message(sock)[-1])
+
+    def _dispatch(self, frame: bytes) -> None:
+        try:
+            reply = protocol.unpackb(frame)
+            if reply.get("pending"):  # busd holds the request back (back pressure): keep waiting
+                if self.on_pending is not None:
+                    self.on_pending(reply["id"])
+                return
+            fut = self._waiting.pop(reply["id"])
+        except Exception:
+            return
+        if not fut.done():
+            fut.set_result(reply)
 
     def send(self, msg: dict[str, Any]) -> tuple[int, asyncio.Future[dict[str, Any]]]:
         """Send a request now and return ``(id, future reply)``; :meth:`resend` may repeat it."""
-        self._ensure_reader()
         rid = next(self._ids)
         msg["id"] = rid
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -91,16 +113,16 @@ class ControlClient:
 
     def resend(self, rid: int, msg: dict[str, Any]) -> None:
         """Send request ``rid`` again (after a timeout); its first future still gets the reply."""
-        self._ensure_reader()
         msg["id"] = rid
         self._send(msg)
 
     def _send(self, msg: dict[str, Any]) -> None:
-        # Sent through the asyncio socket, never a sync shadow: ZeroMQ's file descriptor is
-        # edge-triggered, and a send behind zmq.asyncio's back can swallow the wake-up of the
-        # reader task waiting for replies on this same socket.
-        sent = cast("asyncio.Future[Any]", self.sock.send(protocol.packb(msg)))
-        sent.add_done_callback(_log_send_error)
+        ready = self._ensure_reader()
+        try:
+            self.sock.send(protocol.packb(msg), NOBLOCK)
+        except zmq.ZMQError as exc:  # the request times out and is sent again
+            log.warning("control_send_failed", error=str(exc))
+        ready.poke()
 
     def forget(self, rid: int) -> None:
         """Stop waiting for request ``rid``."""
@@ -125,16 +147,10 @@ class ControlClient:
 
     def close(self) -> None:
         """Close the socket and cancel the reader."""
-        if self._reader is not None:
-            self._reader.cancel()
+        self._stop_reader()
         for fut in self._waiting.values():
             fut.cancel()
         self.sock.close(0)
-
-
-def _log_send_error(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.warning("control_send_failed", error=str(fut.exception()))
 
 
 async def request(endpoint: str, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
@@ -327,7 +343,7 @@ class Subscriber:
         self.plugin = plugin
         self.last = last
         self.progress_interval = progress_interval
-        self.sub = control.ctx.socket(zmq.SUB)
+        self.sub = control.zctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)
         for kind in kinds:
@@ -412,43 +428,59 @@ class Subscriber:
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         """Yield deliveries forever, in sequence order per kind, each exactly once per run."""
+        async for batch in self.batches():
+            for delivery in batch:
+                yield delivery
+
+    async def batches(self) -> AsyncIterator[list[Delivery]]:
+        """Yield what arrived at each wake-up as one list: the same deliveries as iterating, cheaper."""
         if not self.next:
             await self.start()
         for kind in self.kinds:
-            for d in await self._catch_up(kind, self.head.get(kind, 0)):
-                yield d
-        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(self.sub.underlying)
-        while True:
-            batch: list[list[bytes]] = []
-            if await self.sub.poll(int(self.progress_interval * 1000)):
-                with contextlib.suppress(zmq.Again):
-                    while len(batch) < 1000:
-                        batch.append(shadow.recv_multipart(zmq.NOBLOCK))
-            for frames in batch:
-                try:
-                    kind = frames[0].split(b".", 1)[0].decode()
-                    first = SEQ.unpack(frames[1])[0]
-                    events = protocol.unpackb(frames[2])
-                except Exception as exc:
-                    log.warning("malformed_publication", error=str(exc))
-                    continue
-                if kind not in self.next:
-                    continue
-                self.stats["received"] += len(events)
-                if first > self.next[kind]:
-                    self.stats["gaps"] += 1
-                    for d in await self._catch_up(kind, first - 1):
-                        yield d
-                for i, event in enumerate(events):
-                    seq = first + i
-                    if seq >= self.next[kind]:
-                        self.next[kind] = seq + 1
-                        yield Delivery(kind, seq, event)
-            await self._progress()
-            if not batch:  # quiet: fetch what the PUB socket may have dropped at the end of a burst
-                for kind in self.kinds:
-                    for d in await self._catch_up(kind, self.head.get(kind, 0)):
-                        yield d
+            caught = await self._catch_up(kind, self.head.get(kind, 0))
+            if caught:
+                yield caught
+        sub = self.sub
+        ready = Readiness(sub)
+        stats = self.stats
+        try:
+            while True:
+                out: list[Delivery] = []
+                frames_read = 0
+                if await ready.wait(self.progress_interval):
+                    while frames_read < 1000 and has_message(sub):
+                        frames = recv_message(sub)
+                        frames_read += 1
+                        try:
+                            kind = frames[0].split(b".", 1)[0].decode()
+                            first = SEQ.unpack(frames[1])[0]
+                            events = protocol.unpackb(frames[2])
+                        except Exception as exc:
+                            log.warning("malformed_publication", error=str(exc))
+                            continue
+                        nxt = self.next.get(kind)
+                        if nxt is None:
+                            continue
+                        stats["received"] += len(events)
+                        if first > nxt:
+                            stats["gaps"] += 1
+                            out += await self._catch_up(kind, first - 1)
+                            nxt = self.next[kind]
+                        skip = nxt - first
+                        if skip < len(events):
+                            start = max(0, skip)
+                            out += [Delivery(kind, first + i, events[i]) for i in range(start, len(events))]
+                            self.next[kind] = first + len(events)
+                if out:
+                    yield out
+                await self._progress()
+                if not frames_read:  # quiet: fetch what the PUB socket may have dropped at the end of a burst
+                    for kind in self.kinds:
+                        caught = await self._catch_up(kind, self.head.get(kind, 0))
+                        if caught:
+                            yield caught
+        finally:
+            ready.close()
 
     async def report(self) -> None:
         """Report progress now (at shutdown, so a restart resumes exactly here)."""

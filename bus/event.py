@@ -120,7 +120,30 @@ def new_event(
         "source": "",
         "extensions": extensions if extensions is not None else {},
     }
+    # the common case checked in a few operations; anything unusual gets the full validation and its message
+    ext = event["extensions"]
+    if (_is_word(system) and _is_word(event_type) and severity in _SEVERITY_RANK and kind in KINDS
+            and type(msg) is str and type(dev_name) is str and type(dev_wwid) is str and type(ext) is dict
+            and all(type(k) is str and type(val) in _EXT_TYPES for k, val in ext.items())):
+        return event
     return normalize(event, hostname=event["hostname"])
+
+
+_WORDS: set[str] = set()
+"""Strings already found to be valid ``system`` or ``event_type`` values (a few distinct ones recur)."""
+
+
+def _is_word(value: Any) -> bool:
+    """Return whether ``value`` is a non-empty string without spaces (remembering the answer)."""
+    if type(value) is not str:
+        return False
+    if value in _WORDS:
+        return True
+    if not value or value != value.strip() or " " in value:
+        return False
+    if len(_WORDS) < 10_000:
+        _WORDS.add(value)
+    return True
 
 
 def _check_str(event: Event, key: str, *, required: bool = False) -> None:
@@ -155,8 +178,10 @@ def normalize(
         raise EventError("system", "is missing")
     if "event_type" not in event:
         raise EventError("event_type", "is missing")
-    _check_str(event, "system", required=True)
-    _check_str(event, "event_type", required=True)
+    if not _is_word(event["system"]):
+        _check_str(event, "system", required=True)
+    if not _is_word(event["event_type"]):
+        _check_str(event, "event_type", required=True)
     v = event.setdefault("v", SCHEMA_VERSION)
     if v != SCHEMA_VERSION or isinstance(v, bool):
         raise EventError("v", f"schema version {v!r} is not supported (only {SCHEMA_VERSION})")

@@ -42,6 +42,7 @@ from bus.event import KINDS, Event, new_event
 from bus.filter import Filter
 from bus.flood import FloodControl
 from bus.log import configure, get_logger
+from bus.zsock import Readiness, has_message, recv_message, sync_context
 
 __all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run", "write_atomic"]
 
@@ -216,10 +217,11 @@ class Parser(Plugin):
 
     async def main(self) -> None:
         """Receive deliveries, handle each event, and acknowledge them with the outputs."""
-        sock = self.ctx.socket(zmq.DEALER)
+        sock = sync_context(self.ctx).socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(self.env["BUS_INPUT"])
-        await sock.send(protocol.packb({"op": "hello", "plugin": self.name, "window": self.window}))
+        ready = Readiness(sock)
+        await ready.send(protocol.packb({"op": "hello", "plugin": self.name, "window": self.window}))
         handle = self.handle
         is_async = inspect.iscoroutinefunction(handle)
         name = self.name
@@ -245,10 +247,12 @@ class Parser(Plugin):
 
         try:
             while True:
-                if interval and not await sock.poll(max(0.0, next_tick - loop.time()) * 1000):
-                    msg = None
-                else:
-                    msg = protocol.unpackb(await sock.recv())
+                timeout = max(0.0, next_tick - loop.time()) if interval else None
+                # every delivery waiting is handled before one acknowledgement covers them all
+                for _ in range(64) if await ready.wait(timeout) else ():
+                    if not has_message(sock):
+                        break
+                    msg = protocol.unpackb(recv_message(sock)[-1])
                     if msg.get("op") == "error":
                         self.log.error("broker_refused", error=msg.get("error"))
                         return
@@ -273,9 +277,10 @@ class Parser(Plugin):
                 while unacked and (held is None or unacked[0] < held):
                     upto = unacked.popleft()
                 if upto != acked or outputs:
-                    await sock.send(protocol.packb({"op": "ack", "upto": upto, "events": outputs}))
+                    await ready.send(protocol.packb({"op": "ack", "upto": upto, "events": outputs}))
                     acked, outputs = upto, []
         finally:
+            ready.close()
             sock.close()
 
 
@@ -334,15 +339,24 @@ class Receiver(Plugin):
         self.subscriber = sub = Subscriber(self.env["BUS_EVENTS"], self.control, kinds, plugin=self.name)
         sub.stats["counters"] = self.counters
         match = self.filter.match
-        handle = self._handle
         stats = sub.stats
         flood = self.flood
         if flood is None:
-            async for delivery in sub:
-                event = delivery.event
-                if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
-                    await handle(event, stats)
-                sub.done(delivery)
+            handle, handle_async = self.handle, self._handle
+            is_async = self._is_async
+            async for batch in sub.batches():
+                for delivery in batch:
+                    event = delivery.event
+                    if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
+                        if is_async:
+                            await handle_async(event, stats)
+                        else:
+                            try:  # what _handle does, without a coroutine per event
+                                handle(event)
+                            except Exception:
+                                stats["failed"] += 1
+                                self.log.exception("handle_failed", event_id=event.get("event_id"))
+                    sub.done(delivery)
             return
         # summaries are handed on from a timer too: the lock keeps handle() calls one at a time
         lock = asyncio.Lock()
@@ -354,14 +368,14 @@ class Receiver(Plugin):
                 if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
                     for out in flood.offer(event):
                         async with lock:
-                            await handle(out, stats)
+                            await self._handle(out, stats)
                     stats["flood_suppressed"] = flood.suppressed
                 sub.done(delivery)
         finally:
             timer.cancel()
             # open windows are closed at once: their counts would be lost with the process
             for out in flood.flush():
-                await handle(out, stats)
+                await self._handle(out, stats)
 
     async def _flood_timer(self, flood: FloodControl, lock: asyncio.Lock, stats: dict[str, Any]) -> None:
         """Hand on the summaries of windows that ended, even when no further event arrives."""
