@@ -12,7 +12,7 @@ import signal
 import time
 from typing import Any
 
-from bus import __version__, sdnotify
+from bus import __version__, runtime, sdnotify
 from bus.broker import Broker
 from bus.config import Config, PluginConfig, load
 from bus.exceptions import ConfigError
@@ -171,11 +171,5 @@ def _differs(a: PluginConfig, b: PluginConfig) -> bool:
 def run(config: Config) -> None:
     """Run busd in the foreground on uvloop (asyncio's loop when uvloop is missing)."""
     configure(config.main.log_level)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover
-        runner = asyncio.Runner()
-    with runner:
+    with runtime.runner() as runner:
         runner.run(Daemon(config).run())

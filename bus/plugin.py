@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import zmq
 import zmq.asyncio
 
-from bus import protocol
+from bus import protocol, runtime
 from bus.client import ControlClient, Publisher, Subscriber
 from bus.config import SDK_OPTIONS, builtin_filter, plugin_options
 from bus.event import KINDS, Event, new_event
@@ -189,7 +189,7 @@ class Parser(Plugin):
     """
 
     type = "parser"
-    window: ClassVar[int] = 1000
+    window: ClassVar[int] = 4000
     tick_interval: ClassVar[float | None] = None
     """Seconds between calls of :meth:`tick` (``None``: never)."""
 
@@ -426,13 +426,7 @@ def run(cls: type[Plugin], env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     configure(env.get("BUS_LOG_LEVEL", "info"), json=True, plugin=env.get("BUS_PLUGIN", cls.__name__))
     plugin = cls(env)
-    try:
-        import uvloop
-
-        runner: Any = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover - uvloop is a dependency; fallback for odd platforms
-        runner = asyncio.Runner()
-    with runner:
+    with runtime.runner() as runner:
         try:
             runner.run(_amain(plugin))
         except Exception:
