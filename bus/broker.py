@@ -17,10 +17,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq
 
 from bus import protocol
-from bus.event import KINDS, encode, new_event_id, normalize
+from bus.event import KINDS, WireEvent, check_wire, encode, new_event_id, normalize
 from bus.exceptions import EventError
 from bus.filter import Filter
 from bus.log import get_logger
@@ -42,6 +43,48 @@ _DELIVERY_MAX = 500
 _REPLAY_REPLY_MAX = 5000
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class _Batch(msgspec.Struct):
+    """A publish or ack request, for decoding its events straight into :class:`WireEvent`."""
+
+    op: str
+    events: list[WireEvent] = []
+    plugin: Any = msgspec.UNSET
+    id: Any = msgspec.UNSET
+    upto: Any = msgspec.UNSET
+
+
+_batch_decoder = msgspec.msgpack.Decoder(_Batch)
+_events_decoder = msgspec.msgpack.Decoder(list[WireEvent] | WireEvent)
+
+
+def _decode_batch(frame: bytes) -> dict[str, Any] | None:
+    """Decode a publish or ack request whose events all fit :class:`WireEvent`; ``None`` for any other frame.
+
+    ``None`` sends the frame to the general decoder, which keeps unknown keys and lets
+    :func:`bus.event.normalize` name what is wrong.
+    """
+    try:
+        req = _batch_decoder.decode(frame)
+    except msgspec.MsgspecError:
+        return None
+    if req.op not in ("publish", "ack"):
+        return None
+    out: dict[str, Any] = {"op": req.op, "events": req.events}
+    for key in ("plugin", "id", "upto"):
+        value = getattr(req, key)
+        if value is not msgspec.UNSET:
+            out[key] = value
+    return out
+
+
+def _decode_events(frame: bytes) -> Any:
+    """Decode an ingest frame (one event or an array), typed when every event fits :class:`WireEvent`."""
+    try:
+        return _events_decoder.decode(frame)
+    except msgspec.MsgspecError:
+        return protocol.unpackb(frame)
 
 
 @dataclass
@@ -456,7 +499,7 @@ class Broker:
             self._malformed(source, f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
             return 0, []
         try:
-            obj = protocol.unpackb(frame)
+            obj = _decode_events(frame)
         except Exception as exc:
             self._malformed(source, f"not valid msgpack ({exc})")
             return 0, []
@@ -483,14 +526,22 @@ class Broker:
         accepted = 0
         for index, event in enumerate(events):
             try:
-                normalize(event, hostname=hostname, kind=kind, source=source, now=now)
+                if type(event) is WireEvent:  # typed and checked in C when the batch was decoded
+                    check_wire(event, hostname=hostname, kind=kind, source=source, now=now)
+                    eid, ekind, system = event.event_id, event.kind, event.system
+                    key = (ekind, system, event.severity, event.event_type)
+                    msg = event.msg
+                else:
+                    normalize(event, hostname=hostname, kind=kind, source=source, now=now)
+                    eid, ekind, system = event["event_id"], event["kind"], event["system"]
+                    key = (ekind, system, event["severity"], event["event_type"])
+                    msg = event["msg"]
             except EventError as exc:
                 rejected.append((index, str(exc)))
                 counters.drop("invalid", error=str(exc))
                 log.warning("invalid_event", sender=source, index=index, error=str(exc))
                 continue
             accepted += 1
-            eid = event["event_id"]
             if eid in seen:
                 counters.drop("duplicate")
                 continue
@@ -498,8 +549,6 @@ class Broker:
             if len(seen) > self.dedup_window:
                 seen.popitem(last=False)
             data = encode(event)
-            ekind = event["kind"]
-            system = event["system"]
             stream = streams[ekind]
             stream.seq += 1
             topic = topics.get((ekind, system))
@@ -507,13 +556,12 @@ class Broker:
                 topic = topics[(ekind, system)] = protocol.topic(ekind, system)
             stream.ring.append(data)
             pending.append((ekind, topic, stream.seq, data))
-            key = (ekind, system, event["severity"], event["event_type"])
             targets = routes.get(key)
             if targets is None:
                 targets = routes[key] = tuple(
                     p for p in self.parsers.values() if p.filter.match_fields(*key))
             for link in targets:
-                if link.name != source and (link.filter.contains is None or link.filter.match_text(event["msg"])):
+                if link.name != source and (link.filter.contains is None or link.filter.match_text(msg)):
                     link.enqueue(data)
         counters.events_in += accepted
         return accepted, rejected
@@ -555,7 +603,7 @@ class Broker:
             self._malformed(sender, f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
             return
         try:
-            msg = protocol.unpackb(frame)
+            msg = _decode_batch(frame) or protocol.unpackb(frame)
             op = msg["op"]
         except Exception as exc:
             self._malformed(sender, f"not a msgpack map with 'op' ({exc})")
@@ -596,7 +644,7 @@ class Broker:
         if not envelope:
             return
         try:
-            msg = protocol.unpackb(frame) if len(frame) <= MAX_FRAME else None
+            msg = (_decode_batch(frame) or protocol.unpackb(frame)) if len(frame) <= MAX_FRAME else None
             if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
                 raise ValueError("not a msgpack map with a string 'op'")
         except Exception as exc:

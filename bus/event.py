@@ -10,7 +10,9 @@ import json
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from bus.exceptions import EventError
 from bus.protocol import packb, unpackb
@@ -20,6 +22,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SEVERITIES",
     "Event",
+    "WireEvent",
+    "check_wire",
     "decode",
     "decode_many",
     "encode",
@@ -147,7 +151,10 @@ def _is_word(value: Any) -> bool:
 
 
 def _check_str(event: Event, key: str, *, required: bool = False) -> None:
-    value = event[key]
+    _check_value(key, event[key], required=required)
+
+
+def _check_value(key: str, value: Any, *, required: bool = False) -> None:
     if not isinstance(value, str):
         raise EventError(key, f"must be a string, not {type(value).__name__}")
     if required and (not value or value != value.strip() or " " in value):
@@ -228,7 +235,56 @@ def normalize(
     return event
 
 
-def encode(event: Event) -> bytes:
+_ExtValue = str | int | float | bool | None | list[Any] | dict[str, Any]
+
+
+class WireEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An event as the broker decodes a batch: every key of schema version 1 typed, no other key.
+
+    Decoding into it checks the types in C. An event it does not fit (an unknown key, a null
+    string, a wrong type) sends its batch through :func:`normalize` instead, which keeps unknown
+    keys and names what is wrong. What types cannot say is checked by :func:`check_wire`.
+    """
+
+    v: int = SCHEMA_VERSION
+    event_id: str = ""
+    timestamp: float | None = None
+    hostname: str = ""
+    severity: Literal["info", "warn", "error"] = "info"
+    system: str
+    kind: Literal["raw", "synthetic"] = "raw"
+    event_type: str
+    dev_wwid: str = ""
+    dev_name: str = ""
+    msg: str = ""
+    source: str = ""
+    extensions: dict[str, _ExtValue] = {}
+
+
+def check_wire(event: WireEvent, *, hostname: str, kind: str | None, source: str, now: float) -> None:
+    """Do for a decoded :class:`WireEvent` what :func:`normalize` does for a map: check and fill in place.
+
+    Raises:
+        EventError: naming the key that is wrong and why.
+    """
+    if event.v != SCHEMA_VERSION:
+        raise EventError("v", f"schema version {event.v!r} is not supported (only {SCHEMA_VERSION})")
+    if not _is_word(event.system):
+        _check_value("system", event.system, required=True)
+    if not _is_word(event.event_type):
+        _check_value("event_type", event.event_type, required=True)
+    if not event.event_id:
+        event.event_id = new_event_id()
+    if event.timestamp is None:
+        event.timestamp = now
+    if not event.hostname:
+        event.hostname = hostname
+    if kind is not None:
+        event.kind = kind  # type: ignore[assignment]
+    event.source = source
+
+
+def encode(event: Event | WireEvent) -> bytes:
     """Encode one event as a msgpack map."""
     return packb(event)
 

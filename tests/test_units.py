@@ -9,8 +9,9 @@ import msgpack
 import pytest
 
 from bus import protocol
+from bus.broker import Broker, _decode_batch
 from bus.config import load, peek_main
-from bus.event import decode_many, encode, from_json, new_event, normalize, to_json
+from bus.event import WireEvent, decode, decode_many, encode, from_json, new_event, normalize, to_json
 from bus.exceptions import ConfigError, EventError
 from bus.filter import Filter, FilterError
 from bus.plugin import derive_id
@@ -172,3 +173,60 @@ class TestConfig:
         for name in ("conf/busd.toml", "conf/demo/busd.toml"):
             cfg = load(root / name)
             assert cfg.plugins, name
+
+
+class TestBrokerDecoding:
+    """The broker decodes clean batches into typed events and everything else as maps, with the same result."""
+
+    @staticmethod
+    def _published(broker: Broker, kind: str = "raw") -> list[dict[str, object]]:
+        return [decode(data) for data in broker.streams[kind].ring]
+
+    def test_typed_and_map_paths_publish_the_same_events(self) -> None:
+        """A clean batch goes the typed way, a map batch the normalize way: the published bytes decode equal."""
+        events = [{"system": "scsi", "event_type": "SCSI_X", "event_id": f"id-{i}", "timestamp": 5,
+                   "severity": "warn", "msg": "m", "extensions": {"n": i, "l": [1], "d": {"a": None}}}
+                  for i in range(3)]
+        frame = protocol.packb({"op": "publish", "plugin": "col", "events": events, "id": 7})
+        typed = _decode_batch(frame)
+        assert typed is not None and typed["id"] == 7 and typed["plugin"] == "col"
+        assert all(isinstance(e, WireEvent) for e in typed["events"])
+        a, b = Broker("/nonexistent", "host-a"), Broker("/nonexistent", "host-a")
+        assert a.ingest("col", typed["events"]) == (3, [])
+        assert b.ingest("col", protocol.unpackb(protocol.packb(events))) == (3, [])
+        pa, pb = self._published(a), self._published(b)
+        assert pa == pb and pa[0]["hostname"] == "host-a" and pa[0]["timestamp"] == 5.0
+        assert pa[0]["source"] == "col" and pa[0]["extensions"] == {"n": 0, "l": [1], "d": {"a": None}}
+
+    @pytest.mark.parametrize("odd", [
+        {"custom": 1},                 # unknown key: kept, so the map path
+        {"msg": None},                 # a null string: normalize makes it ""
+        {"extensions": {"a": b"x"}},   # a type the schema refuses: normalize names it
+        {"v": 2},
+    ])
+    def test_anything_unusual_takes_the_normalize_path(self, odd: dict[str, object]) -> None:
+        """One odd event sends the whole batch through normalize, which keeps unknown keys and names errors."""
+        events = [{"system": "s", "event_type": "E"}, {"system": "s", "event_type": "E", **odd}]
+        frame = protocol.packb({"op": "publish", "plugin": "col", "events": events})
+        if "v" in odd:  # valid types, so typed: check_wire refuses it with normalize's words
+            typed = _decode_batch(frame)
+            assert typed is not None
+            broker = Broker("/nonexistent", "h")
+            assert broker.ingest("col", typed["events"]) == (1, [(1, "v: schema version 2 is not supported (only 1)")])
+            return
+        assert _decode_batch(frame) is None
+        broker = Broker("/nonexistent", "h")
+        accepted, rejected = broker.ingest("col", protocol.unpackb(frame)["events"])
+        if "custom" in odd:
+            assert (accepted, rejected) == (2, []) and self._published(broker)[1]["custom"] == 1
+        elif "msg" in odd:
+            assert (accepted, rejected) == (2, []) and self._published(broker)[1]["msg"] == ""
+        else:
+            assert accepted == 1 and rejected == [(1, "extensions.a: type bytes is not allowed")]
+
+    def test_other_requests_are_not_taken_for_batches(self) -> None:
+        """Only publish and ack requests are decoded typed; others keep every key."""
+        assert _decode_batch(protocol.packb({"op": "progress", "plugin": "r", "acked": {"raw": 3}})) is None
+        assert _decode_batch(b"\xc1garbage") is None
+        ack = _decode_batch(protocol.packb({"op": "ack", "upto": 4, "events": []}))
+        assert ack == {"op": "ack", "upto": 4, "events": []}
