@@ -138,7 +138,7 @@ class ParserLink:
 
     def enqueue(self, data: bytes) -> None:
         """Keep ``data`` for delivery; when full, drop the oldest event not yet sent."""
-        if len(self) >= self.capacity:
+        if len(self.waiting) + len(self.in_flight) >= self.capacity:  # not len(self): per event, a call less
             (self.waiting or self.in_flight).popleft()
             self.counters.drop("parser_queue_full", error=f"queue of {self.capacity} events full")
         self.waiting.append((self.next_dseq, data))
