@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import Bus
 from fakesys import FakeSys
-from kernel_harness import SAMPLES, expire, feed, kmsg_records, line_event, load_parser_config, make, only, summary
+from kernel_input import SAMPLES, expire, feed, kmsg_events, line_event, load_parser_config, make, only, sample, summary
 
 from bus.exceptions import ConfigError
 from parsers.fs import Fs
@@ -86,7 +86,7 @@ def test_every_line_of_the_fs_sample(fs: Fs) -> None:
 def test_fs_lines_of_the_kmsg_cascade(fs: Fs) -> None:
     """The SCSI failure cascading to ext4 and jbd2: two fs events, with the kmsg sequence numbers."""
     out = []
-    for raw in kmsg_records(SAMPLES / "kmsg-scsi-cascade.kmsg"):
+    for raw in kmsg_events(sample("kmsg-scsi-cascade.kmsg")):
         out += fs.handle(raw) or []
     assert [summary(e) for e in out] == [("FS_IO_ERROR", "error", "sdf", WWID_SDF)] * 2
     io, journal = out

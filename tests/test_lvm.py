@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import Bus, wait_for
 from fakesys import FakeSys
-from kernel_harness import expire, feed, line_event, load_parser_config, make, only, summary
+from kernel_input import expire, feed, line_event, load_parser_config, make, only, summary
 
 from bus.exceptions import ConfigError
 from parsers.lvm import Lvm

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import Bus
 from fakesys import FakeSys
-from kernel_harness import SAMPLES, expire, feed, kmsg_event, line_event, load_parser_config, make, only, summary
+from kernel_input import SAMPLES, expire, feed, kmsg_event, line_event, load_parser_config, make, only, summary
 
 from bus.exceptions import ConfigError
 from parsers.mdraid import Mdraid
