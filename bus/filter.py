@@ -114,6 +114,11 @@ class Filter:
         return (self.match_fields(event["kind"], event["system"], event["severity"], event["event_type"])
                 and (self.contains is None or self.match_text(event["msg"])))
 
+    def kinds_only(self) -> bool:
+        """Return whether the filter says nothing but which kinds pass (what a subscription already selects)."""
+        return (self.systems is None and not self.min_severity and self.exact_types is None
+                and self.contains is None)
+
     def wants_kind(self, kind: str) -> bool:
         """Return whether events of ``kind`` can pass at all (used to pick subscriptions)."""
         return self.kinds is None or kind in self.kinds

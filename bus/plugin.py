@@ -344,10 +344,11 @@ class Receiver(Plugin):
         if flood is None:
             handle, handle_async = self.handle, self._handle
             is_async = self._is_async
+            everything = self.filter.kinds_only()  # the subscription has already chosen the kinds
             async for batch in sub.batches():
                 for delivery in batch:
                     event = delivery.event
-                    if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
+                    if everything or match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
                         if is_async:
                             await handle_async(event, stats)
                         else:

@@ -88,6 +88,15 @@ class TestFilter:
         assert not Filter.parse({}, default_kinds=("raw",)).match_fields("synthetic", "s", "info", "X")
         assert Filter.parse({"kind": "all"}, default_kinds=("raw",)).match_fields("synthetic", "s", "info", "X")
 
+    @pytest.mark.parametrize(("spec", "kinds_only"), [
+        ({}, True), ({"kind": "all"}, True), ({"kind": "raw", "severity": "info"}, True),
+        ({"system": "scsi"}, False), ({"severity": "warn"}, False), ({"event_type": "X*"}, False),
+        ({"contains": "error"}, False),
+    ])
+    def test_kinds_only(self, spec: dict[str, object], kinds_only: bool) -> None:
+        """A receiver skips matching only when its filter says nothing its subscription does not."""
+        assert Filter.parse(spec, default_kinds=("synthetic",)).kinds_only() is kinds_only
+
     @pytest.mark.parametrize(("spec", "message"), [
         ({"sytem": "x"}, "filter.sytem: unknown key"),
         ({"kind": "cooked"}, "filter.kind: 'cooked'"),
