@@ -49,7 +49,7 @@ class _Batch(msgspec.Struct):
     """A publish or ack request, for decoding its events straight into :class:`WireEvent`."""
 
     op: str
-    events: list[WireEvent] = []
+    events: list[WireEvent] | msgspec.UnsetType = msgspec.UNSET
     plugin: Any = msgspec.UNSET
     id: Any = msgspec.UNSET
     upto: Any = msgspec.UNSET
@@ -71,8 +71,8 @@ def _decode_batch(frame: bytes) -> dict[str, Any] | None:
         return None
     if req.op not in ("publish", "ack"):
         return None
-    out: dict[str, Any] = {"op": req.op, "events": req.events}
-    for key in ("plugin", "id", "upto"):
+    out: dict[str, Any] = {"op": req.op}
+    for key in ("events", "plugin", "id", "upto"):
         value = getattr(req, key)
         if value is not msgspec.UNSET:
             out[key] = value

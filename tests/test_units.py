@@ -239,3 +239,6 @@ class TestBrokerDecoding:
         assert _decode_batch(b"\xc1garbage") is None
         ack = _decode_batch(protocol.packb({"op": "ack", "upto": 4, "events": []}))
         assert ack == {"op": "ack", "upto": 4, "events": []}
+        # a publish without events keeps no invented "events": the broker refuses it as before
+        assert "events" not in (_decode_batch(protocol.packb({"op": "publish", "plugin": "p"})) or {})
+        assert Broker("/nonexistent", "h")._op_publish({"op": "publish", "plugin": "p"})["ok"] is False
