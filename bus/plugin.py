@@ -248,8 +248,9 @@ class Parser(Plugin):
         try:
             while True:
                 timeout = max(0.0, next_tick - loop.time()) if interval else None
-                # every delivery waiting is handled before one acknowledgement covers them all
-                for _ in range(64) if await ready.wait(timeout) else ():
+                # every delivery waiting (up to 64) is handled before one acknowledgement covers them all
+                waiting = await ready.wait(timeout)
+                for _ in range(64 if waiting else 0):
                     if not has_message(sock):
                         break
                     msg = protocol.unpackb(recv_message(sock)[-1])
