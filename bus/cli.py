@@ -406,11 +406,15 @@ def echo_rows(rows: list[Any], json_out: bool, empty: str) -> bool:
 
 
 def show_statuses(config: str | None, builtin: str, json_out: bool, empty: str,
-                  render: Callable[[list[dict[str, Any]]], str]) -> bool:
-    """``busctl X status``: print the status files of a built-in's instances; return whether there were any."""
+                  render: Callable[[dict[str, Any]], str]) -> bool:
+    """``busctl X status``: print each instance's status file, rendered by ``render``; return whether there were any.
+
+    An instance that has not written one yet is shown as such, the same way for every built-in.
+    """
     rows = plugin_statuses(config, builtin)
     if echo_rows(rows, json_out, empty):
-        typer.echo(render(rows))
+        for row in rows:
+            typer.echo(f"{row['plugin']}: no status yet (is busd running it?)" if row.get("missing") else render(row))
     return bool(rows)
 
 

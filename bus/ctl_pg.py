@@ -25,44 +25,40 @@ def _view_line(view: dict[str, Any]) -> str:
             f"down {', '.join(view.get('down') or []) or 'none'}, witness {view.get('witness') or '-'}{split}")
 
 
-def format_status(statuses: list[dict[str, Any]], now: float | None = None) -> str:
-    """Render the status files of the ``pgcluster`` instances as text."""
+def format_status(st: dict[str, Any], now: float | None = None) -> str:
+    """Render the status file of a ``pgcluster`` instance as text (``busctl`` shows a missing one itself)."""
     now = time.time() if now is None else now
     lines: list[str] = []
-    for st in statuses:
-        if st.get("missing"):
-            lines.append(f"{st['plugin']}: no status yet (is busd running it?)")
-            continue
-        serving = "serving" if st.get("serving") else "NOT serving"
-        lines.append(f"{st['plugin']} on {st.get('hostname', '?')}: {st.get('role')} {st.get('node')}, "
-                     f"{serving} {st.get('listen')} (answered {st.get('answered', 0)}, refused keys {st.get('denied', 0)}; "
-                     f"status {_ago(st.get('updated'), now)})")
-        view = st.get("view") or {}
-        lines.append(f"  local view: {_view_line(view)}")
-        for name, node in (view.get("nodes") or {}).items():
-            tl = node.get("timeline")
-            lines.append(f"    {name}: {node.get('role')}" + (f", follows {node['primary']}" if node.get("primary") else "")
-                         + (f", timeline {tl}" if tl is not None else "") + (f", lsn {node['lsn']}" if node.get("lsn") else "")
-                         + f", last seen {_ago(node.get('last_seen'), now)} ({node.get('event') or '-'})")
-        for name, peer in (st.get("peers") or {}).items():
-            head = f"  {peer.get('kind')} {name} ({peer.get('endpoint')}): "
-            if peer.get("error"):
-                lines.append(head + f"UNREACHABLE: {peer['error']} (asked {_ago(peer.get('asked'), now)}, "
-                                    f"last answer {_ago(peer.get('answered'), now)})")
-            elif peer.get("view"):
-                lines.append(head + f"{_view_line(peer['view'])} (answered {_ago(peer.get('answered'), now)})")
-            else:
-                lines.append(head + "not asked yet")
-        for name, told in (st.get("told") or {}).items():
-            if told.get("view"):
-                lines.append(f"  {name} asked us {_ago(told.get('time'), now)}: {_view_line(told['view'])}")
-        d = st.get("decision")
-        if d:
-            lines.append(f"  decision ({_ago(st.get('decided_at'), now)}): {d['outcome']}, "
-                         f"reads {'allowed' if d['allow_reads'] else 'denied'}, primary {d['primary'] or 'not agreed'}; "
-                         f"{d['rule']}: {d['reason']}")
-        elif st.get("role") == "node":
-            lines.append("  decision: none yet")
+    serving = "serving" if st.get("serving") else "NOT serving"
+    lines.append(f"{st['plugin']} on {st.get('hostname', '?')}: {st.get('role')} {st.get('node')}, "
+                 f"{serving} {st.get('listen')} (answered {st.get('answered', 0)}, refused keys {st.get('denied', 0)}; "
+                 f"status {_ago(st.get('updated'), now)})")
+    view = st.get("view") or {}
+    lines.append(f"  local view: {_view_line(view)}")
+    for name, node in (view.get("nodes") or {}).items():
+        tl = node.get("timeline")
+        lines.append(f"    {name}: {node.get('role')}" + (f", follows {node['primary']}" if node.get("primary") else "")
+                     + (f", timeline {tl}" if tl is not None else "") + (f", lsn {node['lsn']}" if node.get("lsn") else "")
+                     + f", last seen {_ago(node.get('last_seen'), now)} ({node.get('event') or '-'})")
+    for name, peer in (st.get("peers") or {}).items():
+        head = f"  {peer.get('kind')} {name} ({peer.get('endpoint')}): "
+        if peer.get("error"):
+            lines.append(head + f"UNREACHABLE: {peer['error']} (asked {_ago(peer.get('asked'), now)}, "
+                                f"last answer {_ago(peer.get('answered'), now)})")
+        elif peer.get("view"):
+            lines.append(head + f"{_view_line(peer['view'])} (answered {_ago(peer.get('answered'), now)})")
+        else:
+            lines.append(head + "not asked yet")
+    for name, told in (st.get("told") or {}).items():
+        if told.get("view"):
+            lines.append(f"  {name} asked us {_ago(told.get('time'), now)}: {_view_line(told['view'])}")
+    d = st.get("decision")
+    if d:
+        lines.append(f"  decision ({_ago(st.get('decided_at'), now)}): {d['outcome']}, "
+                     f"reads {'allowed' if d['allow_reads'] else 'denied'}, primary {d['primary'] or 'not agreed'}; "
+                     f"{d['rule']}: {d['reason']}")
+    elif st.get("role") == "node":
+        lines.append("  decision: none yet")
     return "\n".join(lines)
 
 

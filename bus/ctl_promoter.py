@@ -18,28 +18,24 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def format_status(statuses: list[dict[str, Any]], now: float | None = None) -> str:
-    """Render the status files of the promoter instances as text."""
+def format_status(st: dict[str, Any], now: float | None = None) -> str:
+    """Render the status file of a promoter instance as text (``busctl`` shows a missing one itself)."""
     now = time.time() if now is None else now
     lines: list[str] = []
-    for st in statuses:
-        if st.get("missing"):
-            lines.append(f"{st['plugin']}: no status yet (is busd running it?)")
-            continue
-        age = now - float(st.get("updated", now))
-        lines.append(f"{st['plugin']} on {st.get('hostname', '?')} (status of {age:.0f} s ago)")
-        for name, res in st.get("resources", {}).items():
-            lines.append(f"  {name}: {res['role']}, may promote: {_yes(res['may_promote'])}, "
-                         f"quorum: {_yes(res['quorum'])}, disks: {','.join(map(str, res['disk_states'])) or '-'}"
-                         + (f"  [{res['busy']}]" if res.get("busy") else ""))
-            services = ", ".join(f"{s['name']} {s['state']}" for s in res["services"]) or "none"
-            lines.append(f"    services ({res['runner']}): {services}")
-            last = res.get("last_action")
-            if last:
-                lines.append(f"    last action: {_when(last['time'])} {last['action']} "
-                             f"{'ok' if last['ok'] else 'FAILED'} ({last['reason']}): {last['detail']}")
-            else:
-                lines.append("    last action: none")
+    age = now - float(st.get("updated", now))
+    lines.append(f"{st['plugin']} on {st.get('hostname', '?')} (status of {age:.0f} s ago)")
+    for name, res in st.get("resources", {}).items():
+        lines.append(f"  {name}: {res['role']}, may promote: {_yes(res['may_promote'])}, "
+                     f"quorum: {_yes(res['quorum'])}, disks: {','.join(map(str, res['disk_states'])) or '-'}"
+                     + (f"  [{res['busy']}]" if res.get("busy") else ""))
+        services = ", ".join(f"{s['name']} {s['state']}" for s in res["services"]) or "none"
+        lines.append(f"    services ({res['runner']}): {services}")
+        last = res.get("last_action")
+        if last:
+            lines.append(f"    last action: {_when(last['time'])} {last['action']} "
+                         f"{'ok' if last['ok'] else 'FAILED'} ({last['reason']}): {last['detail']}")
+        else:
+            lines.append("    last action: none")
     return "\n".join(lines)
 
 

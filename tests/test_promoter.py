@@ -439,12 +439,22 @@ def test_format_status() -> None:
         "busy": "", "services": [{"name": "a.service", "state": "started"}],
         "last_action": {"time": 90.0, "action": "promote", "ok": True, "reason": "may promote",
                         "detail": "promoted after 0 s, started 1 services"}}}}
-    text = format_status([entry, {"plugin": "other", "missing": True}], now=103.0)
+    text = format_status(entry, now=103.0)
     assert "promoter on node1 (status of 3 s ago)" in text
     assert "r0: Primary, may promote: no, quorum: yes, disks: UpToDate" in text
     assert "services (systemd): a.service started" in text
     assert "promote ok (may promote): promoted after 0 s" in text
-    assert "other: no status yet" in text
+
+
+def test_status_of_an_instance_that_wrote_none_yet(bus: Bus, tmp_path: Path) -> None:
+    """busctl shows an instance without a status file as such (one line, the same for every built-in)."""
+    tools = FakeTools(tmp_path / "bin")
+    bus.write({"promoter": {"type": "receiver", "builtin": "promoter", **tools.options()}},
+              extra='\n[plugins.promoter.resources.r0]\nstart = ["a.service"]\n')
+    shown = bus.run("busctl", "promoter", "status").stdout
+    assert shown == "promoter: no status yet (is busd running it?)\n"
+    assert json.loads(bus.run("busctl", "promoter", "status", "--json").stdout) == [
+        {"plugin": "promoter", "missing": True}]
 
 
 def test_end_to_end_through_busd(bus: Bus, tmp_path: Path) -> None:
