@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,24 @@ import pytest
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+def shipped_example(tmp_path: Path, *names: str) -> Any:
+    """Load the commented ``[plugins.NAME]`` blocks of ``conf/busd.toml``, uncommented, as one configuration.
+
+    A block runs from its ``# [plugins.NAME]`` line to the first line that is not a comment.
+    """
+    from bus.config import load
+
+    text = (ROOT / "conf" / "busd.toml").read_text()
+    blocks = []
+    for name in names:
+        block = re.search(rf"^# \[plugins\.{re.escape(name)}\]\n(?:#.*\n)+", text, re.M)
+        assert block, f"no commented [plugins.{name}] block in conf/busd.toml"
+        blocks.append(re.sub(r"^# ?", "", block.group(0), flags=re.M))
+    conf = tmp_path / "busd.toml"
+    conf.write_text("\n".join(blocks))
+    return load(conf)
 PY = sys.executable
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import Bus, ev, wait_for
+from conftest import Bus, ev, shipped_example, wait_for
 
 from bus.config import load
 from bus.exceptions import ConfigError
@@ -223,14 +223,6 @@ def test_journald_down_at_start_then_up(bus: Bus) -> None:
 
 def test_commented_examples_in_shipped_config_are_valid(tmp_path: Path) -> None:
     """The commented journald and email tables of conf/busd.toml load once uncommented."""
-    text = (Path(__file__).resolve().parent.parent / "conf" / "busd.toml").read_text()
-    blocks = []
-    for name in ("journal", "mail"):
-        block = re.search(rf"^# \[plugins\.{name}\]\n(?:#.*\n)+", text, re.M)
-        assert block, name
-        blocks.append(re.sub(r"^# ?", "", block.group(0), flags=re.M))
-    conf = tmp_path / "busd.toml"
-    conf.write_text("\n".join(blocks))
-    config = load(conf)
+    config = shipped_example(tmp_path, "journal", "mail")
     assert config.plugins["journal"].builtin == "journald" and config.plugins["mail"].builtin == "email"
     assert config.plugins["journal"].table["flood_window"] == 10

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import structlog
 import zmq.asyncio
-from conftest import BIN, wait_for
+from conftest import BIN, ROOT, shipped_example, wait_for
 from pgbus import Buses, Peers, make_keys
 from pgcluster import free_port
 from test_postgres import REPMGR_NODES
@@ -377,18 +377,13 @@ def test_unusable_keys_are_logged_and_nothing_is_served(tmp_path: Path) -> None:
 
 def test_shipped_examples_load(tmp_path: Path) -> None:
     """The commented switch-over tables of conf/busd.toml and the example of docs/operators.md load."""
-    root = Path(__file__).resolve().parent.parent
-    text = (root / "conf" / "busd.toml").read_text()
-    block = re.search(r"^# \[plugins\.pgcluster\]\n(?:#.*\n)+", text, re.M)
-    assert block
-    conf = tmp_path / "busd.toml"
-    conf.write_text(re.sub(r"^# ?", "", block.group(0), flags=re.M))
-    config = load(conf)
+    config = shipped_example(tmp_path, "pgcluster")
     assert config.plugins["pgcluster"].table["neighbours"][0]["name"] == "node2"
     assert config.plugins["haproxy"].table["servers"] == {"node1": "pg1", "node2": "pg2"}
     assert config.plugins["pg_hba"].filter.match_fields("synthetic", "postgres", "info", "PG_ROUTING_DECISION")
     assert not config.plugins["pg_hba"].filter.match_fields("synthetic", "postgres", "info", "PG_UP")
-    docs = (root / "docs" / "operators.md").read_text()
+    docs = (ROOT / "docs" / "operators.md").read_text()
+    conf = tmp_path / "docs.toml"
     example = next(b for b in re.findall(r"```toml\n(.*?)```", docs, re.S) if 'builtin = "pgcluster"' in b)
     conf.write_text(example)
     config = load(conf)

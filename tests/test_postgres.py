@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Bus, plugin_cmd, read_lines, wait_for
+from conftest import ROOT, Bus, plugin_cmd, read_lines, shipped_example, wait_for
 from pgcluster import PgCluster, free_port
 
 from bus.config import load
@@ -285,16 +285,11 @@ def test_busd_refuses_bad_options_and_sets_the_default_filter(tmp_path: Path) ->
 
 def test_shipped_examples_load(tmp_path: Path) -> None:
     """The commented postgres tables of conf/busd.toml and the example of docs/operators.md load."""
-    root = Path(__file__).resolve().parent.parent
-    text = (root / "conf" / "busd.toml").read_text()
-    block = re.search(r"^# \[plugins\.postgres\]\n(?:#.*\n)+", text, re.M)  # both tables: one comment block
-    assert block
-    conf = tmp_path / "busd.toml"
-    conf.write_text(re.sub(r"^# ?", "", block.group(0), flags=re.M))
-    config = load(conf)
+    config = shipped_example(tmp_path, "postgres")  # both tables: one comment block
     assert config.plugins["postgres"].table["node_name"] == "node1"
     assert config.plugins["postgres-state"].table["lag_threshold_bytes"] == 16 * 1024 * 1024
-    docs = (root / "docs" / "operators.md").read_text()
+    docs = (ROOT / "docs" / "operators.md").read_text()
+    conf = tmp_path / "docs.toml"
     example = next(b for b in re.findall(r"```toml\n(.*?)```", docs, re.S) if 'builtin = "postgres"' in b)
     conf.write_text(example)
     config = load(conf)

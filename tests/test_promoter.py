@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Bus, async_wait_for, wait_for
+from conftest import ROOT, Bus, async_wait_for, shipped_example, wait_for
 from drbd_events import changed, connection, device, drbd_event, may_promote, peer_device, quorum, resource, role
 from fakecmd import FakeTools
 
@@ -492,19 +492,11 @@ def test_end_to_end_through_busd(bus: Bus, tmp_path: Path) -> None:
 
 def test_example_tables_load(tmp_path: Path) -> None:
     """The commented promoter and prometheus tables of conf/busd.toml and docs/operators.md load."""
-    root = Path(__file__).resolve().parent.parent
-    text = (root / "conf" / "busd.toml").read_text()
-    blocks = []
-    for name in ("promoter", "prometheus"):
-        block = re.search(rf"^# \[plugins\.{name}\]\n(?:#.*\n)+", text, re.M)
-        assert block, name
-        blocks.append(re.sub(r"^# ?", "", block.group(0), flags=re.M))
-    conf = tmp_path / "busd.toml"
-    conf.write_text("\n".join(blocks))
-    config = load(conf)
+    config = shipped_example(tmp_path, "promoter", "prometheus")
     assert config.plugins["promoter"].table["resources"]["r0"]["preferred-nodes"] == ["alpha", "beta"]
     assert config.plugins["prometheus"].builtin == "prometheus"
-    docs = (root / "docs" / "operators.md").read_text()
+    docs = (ROOT / "docs" / "operators.md").read_text()
+    conf = tmp_path / "docs.toml"
     for name in ("promoter", "prometheus"):
         block = re.search(rf"```toml\n(\[plugins\.{name}\]\n.*?)```", docs, re.S)
         assert block, name

@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import Bus, ev, plugin_cmd, toml_value, wait_for
+from conftest import ROOT, Bus, ev, plugin_cmd, shipped_example, toml_value, wait_for
 
 from bus.config import load
 from bus.event import Event, new_event
@@ -327,19 +327,11 @@ def test_limits_timeouts_exit_status_and_old_new(bus: Bus, tmp_path: Path) -> No
 
 def test_shipped_examples_are_valid(tmp_path: Path) -> None:
     """The commented DRBD tables of conf/busd.toml and the umh example of docs/operators.md load."""
-    root = Path(__file__).resolve().parent.parent
-    text = (root / "conf" / "busd.toml").read_text()
-    blocks = []
-    for name in ("drbd-events", "drbd", "umh"):
-        block = re.search(rf"^# \[plugins\.{re.escape(name)}\]\n(?:#.*\n)+", text, re.M)
-        assert block, name
-        blocks.append(re.sub(r"^# ?", "", block.group(0), flags=re.M))
-    conf = tmp_path / "busd.toml"
-    conf.write_text("\n".join(blocks))
-    config = load(conf)
+    config = shipped_example(tmp_path, "drbd-events", "drbd", "umh")
     assert [config.plugins[n].builtin for n in ("drbd-events", "drbd", "umh")] == ["drbd", "drbd", "umh"]
     assert len(config.plugins["umh"].table["rules"]) == 2 and len(config.plugins["umh"].table["device"]) == 1
-    docs = (root / "docs" / "operators.md").read_text()
+    docs = (ROOT / "docs" / "operators.md").read_text()
+    conf = tmp_path / "docs.toml"
     example = next(b for b in re.findall(r"```toml\n(.*?)```", docs, re.S) if 'builtin = "umh"' in b)
     conf.write_text(example)
     umh_table = load(conf).plugins["umh"].table

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import socket
 import ssl
@@ -17,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Bus, ev, wait_for
+from conftest import Bus, ev, shipped_example, wait_for
 
 from bus import config
 from bus.exceptions import ConfigError
@@ -240,10 +239,5 @@ def test_tls_with_a_self_signed_certificate(wsbus: Bus) -> None:
 
 def test_commented_example_in_shipped_config_is_valid(tmp_path: Path) -> None:
     """The commented websocket table of conf/busd.toml loads once uncommented."""
-    text = (Path(__file__).resolve().parent.parent / "conf" / "busd.toml").read_text()
-    block = re.search(r"^# \[plugins\.stream\]\n(?:#.*\n)+", text, re.M)
-    assert block
-    conf = tmp_path / "busd.toml"
-    conf.write_text(re.sub(r"^# ?", "", block.group(0), flags=re.M))
-    table = config.load(conf).plugins["stream"].table
+    table = shipped_example(tmp_path, "stream").plugins["stream"].table
     assert table["builtin"] == "websocket" and table["tokens"] == ["change-me"] and table["client_queue"] == 1000
