@@ -166,14 +166,13 @@ def _add_key(container: Any, key: str, value: Any) -> None:
     if body is None:
         container[key] = item
         return
-    last = None
-    for k, v in body.body:
+    # the position right after the last plain key/value (tomlkit >= 0.15 has no _insert_after)
+    after = 0
+    for i, (k, v) in enumerate(body.body):
         if k is not None and not isinstance(v, (Table, AoT)):
-            last = k
-    if last is not None:
-        body._insert_after(last, key, item)
-    elif body.body:
-        body._insert_at(0, key, item)
+            after = i + 1
+    if after < len(body.body):
+        body._insert_at(after, key, item)
     else:
         body.add(key, item)
 
