@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
@@ -106,6 +106,32 @@ class Counters:
         """Return the counters as a plain map (for ``busctl status``)."""
         return {"events_in": self.events_in, "events_out": self.events_out,
                 "dropped": dict(self.dropped), "last_error": self.last_error}
+
+
+class RecentIds:
+    """Event ids seen recently: at least the last ``window``, at most twice as many.
+
+    Two generations of plain sets rather than one ordered map trimmed per event: membership and
+    insertion stay set operations, and forgetting is one whole generation at a time.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._current: set[str] = set()
+        self._previous: set[str] = set()
+
+    def __contains__(self, eid: str) -> bool:
+        return eid in self._current or eid in self._previous
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+    def add(self, eid: str) -> None:
+        """Remember ``eid``; the older generation is forgotten once the current one is full."""
+        current = self._current
+        current.add(eid)
+        if len(current) >= self.window:
+            self._previous, self._current = current, set()
 
 
 class ParserLink:
@@ -270,7 +296,7 @@ class Broker:
         self.receivers: dict[str, ReceiverState] = {}
         self.handlers: dict[str, ControlHandler] = {}
         self.malformed: Counter[str] = Counter()
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = RecentIds(dedup_window)
         self._routes: dict[tuple[str, str, str, str], tuple[ParserLink, ...]] = {}
         self._topics: dict[tuple[str, str], bytes] = {}
         self._pending_pub: list[tuple[str, bytes, int, bytes]] = []
@@ -464,7 +490,7 @@ class Broker:
         self.parser_queue = parser_queue
         for link in self.parsers.values():
             link.capacity = parser_queue
-        self.dedup_window = dedup_window
+        self.dedup_window = self._seen.window = dedup_window
 
     def plugin_stopped(self, name: str) -> None:
         """The supervisor saw a plugin exit: a parser's unacknowledged events wait for its next run."""
@@ -545,9 +571,7 @@ class Broker:
             if eid in seen:
                 counters.drop("duplicate")
                 continue
-            seen[eid] = None
-            if len(seen) > self.dedup_window:
-                seen.popitem(last=False)
+            seen.add(eid)
             data = encode(event)
             stream = streams[ekind]
             stream.seq += 1

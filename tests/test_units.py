@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from bus import protocol
-from bus.broker import Broker, _decode_batch
+from bus.broker import Broker, RecentIds, _decode_batch
 from bus.config import load, peek_main
 from bus.event import WireEvent, decode, decode_many, encode, from_json, new_event, normalize, to_json
 from bus.exceptions import ConfigError, EventError
@@ -242,3 +242,21 @@ class TestBrokerDecoding:
         # a publish without events keeps no invented "events": the broker refuses it as before
         assert "events" not in (_decode_batch(protocol.packb({"op": "publish", "plugin": "p"})) or {})
         assert Broker("/nonexistent", "h")._op_publish({"op": "publish", "plugin": "p"})["ok"] is False
+
+
+def test_recent_ids_remember_at_least_the_window_and_forget_older_ones() -> None:
+    """The broker's duplicate memory: the last ``window`` ids always, nothing beyond twice that."""
+    recent = RecentIds(4)
+    ids = [f"id-{i}" for i in range(20)]
+    for n, eid in enumerate(ids, 1):
+        assert eid not in recent
+        recent.add(eid)
+        assert all(old in recent for old in ids[max(0, n - 4):n])
+        assert len(recent) <= 8
+    assert ids[0] not in recent and ids[11] not in recent
+    recent.window = 2  # a reload shrinks the window: the next generation is the smaller size
+    recent.add("x")
+    assert "x" in recent and "id-19" in recent
+    recent.add("y")
+    assert "x" in recent and "y" in recent and "id-19" not in recent and len(recent) == 2
+
