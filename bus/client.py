@@ -189,7 +189,7 @@ class Publisher:
     """
 
     def __init__(self, client: ControlClient, plugin: str, *, batch: int = 500, window: int = 8,
-                 ack_timeout: float = 2.0, min_batch: int = 8, linger: float = 0.01) -> None:
+                 ack_timeout: float = 2.0, min_batch: int = 12, linger: float = 0.012) -> None:
         self.client = client
         self.plugin = plugin
         self.batch = batch
