@@ -19,6 +19,7 @@ only says what to do with an event::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
@@ -44,7 +45,7 @@ from bus.flood import FloodControl
 from bus.log import configure, get_logger
 from bus.zsock import Readiness, has_message, recv_message, sync_context
 
-__all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run", "write_atomic"]
+__all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run", "stop_process", "write_atomic"]
 
 HandleResult = Event | Iterable[Event] | None
 
@@ -56,6 +57,42 @@ def derive_id(parent_id: str, plugin: str, index: int) -> str:
     """
     x = hashlib.blake2b(f"{parent_id}/{plugin}/{index}".encode(), digest_size=16).hexdigest()
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{x[16:20]}-{x[20:]}"
+
+
+async def stop_process(proc: asyncio.subprocess.Process, *, group: bool = False, grace: float = 1.0,
+                       reap_timeout: float = 5.0) -> bool:
+    """Stop a command the plugin started: SIGTERM, SIGKILL after ``grace`` seconds, then reap it.
+
+    Args:
+        proc: the command.
+        group: signal its whole process group (it was started with ``start_new_session=True``),
+            so that what it started goes with it; the group gets SIGKILL even after a clean exit.
+        grace: seconds between SIGTERM and SIGKILL; 0 sends SIGKILL at once.
+        reap_timeout: seconds to wait for the exit after SIGKILL. A process in uninterruptible
+            sleep (``drbdadm`` on a hung device) only dies when its I/O ends, and the plugin must
+            not hang with it.
+
+    Returns:
+        Whether the command has exited (``False``: it outlived ``reap_timeout`` after SIGKILL).
+    """
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    if proc.returncode is not None and not group:
+        return True
+    if grace > 0:
+        send(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+    send(signal.SIGKILL)
+    if proc.returncode is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), reap_timeout)
+    return proc.returncode is not None
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -44,7 +44,7 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.exceptions import BadInput
-from bus.plugin import Collector, run
+from bus.plugin import Collector, run, stop_process
 
 OPTIONS = {
     "command": Option(list, ["drbdsetup", "events2", "--full", "--poll", "--timestamps"],
@@ -258,7 +258,7 @@ class Drbd(Collector):
             with contextlib.suppress(TimeoutError):  # a child of the command may hold stderr open
                 await asyncio.wait_for(asyncio.shield(helpers[1]), 1.0)
         except BaseException:
-            await _stop(proc)
+            await stop_process(proc)
             raise
         finally:
             for task in helpers:
@@ -324,20 +324,6 @@ class Drbd(Collector):
         await super().close()
         if self.bad_counts:
             self.log.info("bad_lines_skipped", counts=dict(self.bad_counts))
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    """Terminate the command (SIGKILL after 1 s); it must not outlive the collector."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), 1.0)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
 
 
 def check_options(options: dict[str, Any]) -> None:

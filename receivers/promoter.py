@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import signal
 import time
 from collections import deque
@@ -54,8 +53,11 @@ from typing import Any
 
 from bus.config import Option, check_table
 from bus.event import Event
-from bus.plugin import Receiver, run
+from bus.log import get_logger
+from bus.plugin import Receiver, run, stop_process
 from receivers._drbd import flag, well_formed
+
+log = get_logger("promoter")
 
 FILTER = {"system": ["drbd"]}
 
@@ -208,9 +210,9 @@ async def run_command(argv: list[str], timeout: float) -> CommandResult:
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError) as exc:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        if not await stop_process(proc, group=True, grace=0):
+            log.error("command_not_reaped", command=argv, pid=proc.pid,
+                      reason="still running 5 s after SIGKILL (uninterruptible sleep?)")
         if isinstance(exc, asyncio.CancelledError):
             raise
         return CommandResult(argv, -signal.SIGKILL, f"timed out after {timeout:g} s")

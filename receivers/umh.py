@@ -47,9 +47,7 @@ the receiver stops get 0.5 s, then are killed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import re
 import signal
 import time
@@ -58,7 +56,7 @@ from typing import Any
 
 from bus.config import Option
 from bus.event import SEVERITIES, Event
-from bus.plugin import Receiver, run
+from bus.plugin import Receiver, run, stop_process
 from parsers.drbd import DEFAULTS, props_from_state
 
 OPTIONS = {
@@ -488,14 +486,14 @@ class Umh(Receiver):
         try:
             status = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
-            await _kill_group(proc)
+            await stop_process(proc, group=True, grace=KILL_GRACE, reap_timeout=KILL_GRACE)
             self.count("commands_timed_out")
             self.count("commands_failed")
             log.warning("command_timeout", command=rule.command, pid=proc.pid, timeout=timeout,
                         **await _outputs(outputs))
             return
         except asyncio.CancelledError:
-            await _kill_group(proc)
+            await stop_process(proc, group=True, grace=KILL_GRACE, reap_timeout=KILL_GRACE)
             raise
         took = round(time.monotonic() - started, 3)
         info = {"command": rule.command, "pid": proc.pid, "status": status, "seconds": took, **await _outputs(outputs)}
@@ -537,21 +535,6 @@ async def _outputs(tasks: list[asyncio.Task[bytes]]) -> dict[str, str]:
     texts = [t.result().decode("utf-8", "backslashreplace").rstrip() if t in done and not t.exception() else ""
              for t in tasks]
     return {"stdout": texts[0], "stderr": texts[1]}
-
-
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the command's process group, SIGKILL it after ``KILL_GRACE`` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            await asyncio.wait_for(proc.wait(), KILL_GRACE)
-            if sig == signal.SIGTERM:
-                with contextlib.suppress(ProcessLookupError):  # children that ignored SIGTERM
-                    os.killpg(proc.pid, signal.SIGKILL)
-            return
-        except TimeoutError:
-            continue
 
 
 if __name__ == "__main__":

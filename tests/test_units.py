@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import textwrap
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from bus.config import load, peek_main
 from bus.event import WireEvent, decode, decode_many, encode, from_json, new_event, normalize, to_json
 from bus.exceptions import ConfigError, EventError
 from bus.filter import Filter, FilterError
-from bus.plugin import derive_id
+from bus.plugin import derive_id, stop_process
 
 
 class TestEvent:
@@ -260,3 +263,53 @@ def test_recent_ids_remember_at_least_the_window_and_forget_older_ones() -> None
     recent.add("y")
     assert "x" in recent and "y" in recent and "id-19" not in recent and len(recent) == 2
 
+
+def _process_gone(pid: int) -> bool:
+    """Whether ``pid`` has died (absent, or a zombie nobody has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_stop_process_kills_a_group_that_ignores_sigterm() -> None:
+    """SIGTERM first; after the grace, SIGKILL reaches the command and what it started."""
+    async def main() -> tuple[bool, int | None, int]:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", 'trap "" TERM; sleep 60 & echo $!; wait', stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)
+        assert proc.stdout is not None
+        child = int(await proc.stdout.readline())
+        stopped = await asyncio.wait_for(stop_process(proc, group=True, grace=0.2), 30)
+        return stopped, proc.returncode, child
+
+    stopped, returncode, child = asyncio.run(main())
+    assert stopped and returncode == -signal.SIGKILL
+    assert _process_gone(child)
+
+
+def test_stop_process_does_not_hang_on_a_stray_holding_its_pipe() -> None:
+    """A process that left the group keeps the pipe open: asyncio's wait() would block until it ends."""
+    strays: list[int] = []
+
+    async def main() -> tuple[bool, int | None]:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", "setsid sleep 60 & echo $!; exec sleep 60", stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)
+        assert proc.stdout is not None
+        stray = int(await proc.stdout.readline())
+        strays.append(stray)
+        for _ in range(500):  # until the stray has left the group (setsid), or the group kill gets it too
+            if Path(f"/proc/{stray}/stat").read_text().rsplit(")", 1)[1].split()[3] == str(stray):  # session
+                break
+            await asyncio.sleep(0.01)
+        stopped = await asyncio.wait_for(stop_process(proc, group=True, grace=0, reap_timeout=0.5), 30)
+        return stopped, proc.returncode
+
+    try:
+        stopped, returncode = asyncio.run(main())
+        assert stopped and returncode == -signal.SIGKILL
+        assert not _process_gone(strays[0])  # the stray really was out of reach of the group kill
+    finally:
+        for pid in strays:
+            os.kill(pid, signal.SIGKILL)
