@@ -1,0 +1,64 @@
+"""The SDK Publisher's batching, against a real ROUTER socket standing in for busd's control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from conftest import async_wait_for
+
+from bus import protocol
+from bus.client import ControlClient, Publisher
+from bus.event import new_event
+
+
+def test_lone_event_goes_at_once_a_quick_batch_at_min_batch_a_slow_one_at_linger(tmp_path: Path) -> None:
+    """Idle line: one event, one request. Ten events in a burst: one request of ten. Ten events at
+    200/s (below fast_rate): no request until the first has waited ``linger``, then one of ten."""
+    linger = 0.3
+
+    async def scenario() -> tuple[list[int], float]:
+        ctx = zmq.asyncio.Context()
+        router = ctx.socket(zmq.ROUTER)
+        endpoint = f"ipc://{tmp_path}/control.sock"
+        router.bind(endpoint)
+        client = ControlClient(endpoint, ctx)
+        publisher = Publisher(client, "p", min_batch=10, linger=linger, fast_rate=1000)
+        sizes: list[int] = []
+
+        async def request() -> list[Any]:
+            frames = await asyncio.wait_for(router.recv_multipart(), 5)
+            payload = protocol.unpackb(frames[-1])
+            sizes.append(len(payload["events"]))
+            return [frames[0], payload["id"]]
+
+        async def answer(*requests: list[Any]) -> None:
+            for ident, rid in requests:
+                await router.send_multipart([ident, protocol.packb({"id": rid, "ok": True, "accepted": 1})])
+            await async_wait_for(lambda: publisher.pending() == 0, 5, "the acknowledgements")
+
+        await publisher.emit(new_event("t", "T", "lone"))
+        first = await request()
+        for i in range(10):  # microseconds apart: 10 events filled far faster than 1000/s
+            await publisher.emit(new_event("t", "T", f"burst {i}"))
+        await answer(first, await request())
+        started = time.monotonic()
+        for i in range(10):
+            await publisher.emit(new_event("t", "T", f"slow {i}"))
+            await asyncio.sleep(0.005)  # pacing the producer at ~200 events/s, not synchronisation
+        assert publisher.pending() == 10 and not await router.poll(0), "a slow batch left before its linger"
+        await answer(await request())
+        waited = time.monotonic() - started
+        await publisher.close(0)
+        client.close()
+        router.close(0)
+        ctx.term()
+        return sizes, waited
+
+    sizes, waited = asyncio.run(scenario())
+    assert sizes == [1, 10, 10]
+    assert waited >= linger
