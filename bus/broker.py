@@ -126,12 +126,18 @@ class RecentIds:
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
 
-    def add(self, eid: str) -> None:
-        """Remember ``eid``; the older generation is forgotten once the current one is full."""
+    def add(self, eid: str) -> bool:
+        """Remember ``eid``; return False if it was already remembered (one call per event in the broker).
+
+        The older generation is forgotten once the current one is full.
+        """
         current = self._current
+        if eid in current or eid in self._previous:
+            return False
         current.add(eid)
         if len(current) >= self.window:
             self._previous, self._current = current, set()
+        return True
 
 
 class ParserLink:
@@ -286,7 +292,6 @@ class Broker:
         self.runtime_dir = Path(runtime_dir)
         self.hostname = hostname
         self.parser_queue = parser_queue
-        self.dedup_window = dedup_window
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._watched: dict[zmq.Socket[bytes], tuple[Callable[[], None], bool]] = {}
         self.streams = {kind: Stream(kind, replay_buffer) for kind in KINDS}
@@ -490,7 +495,7 @@ class Broker:
         self.parser_queue = parser_queue
         for link in self.parsers.values():
             link.capacity = parser_queue
-        self.dedup_window = self._seen.window = dedup_window
+        self._seen.window = dedup_window
 
     def plugin_stopped(self, name: str) -> None:
         """The supervisor saw a plugin exit: a parser's unacknowledged events wait for its next run."""
@@ -568,10 +573,9 @@ class Broker:
                 log.warning("invalid_event", sender=source, index=index, error=str(exc))
                 continue
             accepted += 1
-            if eid in seen:
+            if not seen.add(eid):
                 counters.drop("duplicate")
                 continue
-            seen.add(eid)
             data = encode(event)
             stream = streams[ekind]
             stream.seq += 1

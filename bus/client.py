@@ -266,13 +266,12 @@ class Publisher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.buffer and len(self.inflight) < self.window:
-            self._last_send = time.monotonic()
         while self.buffer and len(self.inflight) < self.window:
             events, self.buffer = self.buffer[: self.batch], self.buffer[self.batch:]
             msg = {"op": "publish", "plugin": self.plugin, "events": events}
             rid, fut = self.client.send(msg)
-            self.inflight[rid] = (msg, fut, time.monotonic())
+            self._last_send = now = time.monotonic()
+            self.inflight[rid] = (msg, fut, now)
             fut.add_done_callback(functools.partial(self._on_ack, rid))
         if len(self.inflight) >= self.window:
             self._space.clear()

@@ -212,7 +212,7 @@ async def run_command(argv: list[str], timeout: float) -> CommandResult:
     except (TimeoutError, asyncio.CancelledError) as exc:
         if not await stop_process(proc, group=True, grace=0):
             log.error("command_not_reaped", command=argv, pid=proc.pid,
-                      reason="still running 5 s after SIGKILL (uninterruptible sleep?)")
+                      reason="still running well after SIGKILL (uninterruptible sleep?)")
         if isinstance(exc, asyncio.CancelledError):
             raise
         return CommandResult(argv, -signal.SIGKILL, f"timed out after {timeout:g} s")

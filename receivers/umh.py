@@ -485,16 +485,15 @@ class Umh(Receiver):
         timeout = self.options["timeout"] or None
         try:
             status = await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             await stop_process(proc, group=True, grace=KILL_GRACE, reap_timeout=KILL_GRACE)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             self.count("commands_timed_out")
             self.count("commands_failed")
             log.warning("command_timeout", command=rule.command, pid=proc.pid, timeout=timeout,
                         **await _outputs(outputs))
             return
-        except asyncio.CancelledError:
-            await stop_process(proc, group=True, grace=KILL_GRACE, reap_timeout=KILL_GRACE)
-            raise
         took = round(time.monotonic() - started, 3)
         info = {"command": rule.command, "pid": proc.pid, "status": status, "seconds": took, **await _outputs(outputs)}
         if status < 0:

@@ -253,8 +253,8 @@ def test_recent_ids_remember_at_least_the_window_and_forget_older_ones() -> None
     ids = [f"id-{i}" for i in range(20)]
     for n, eid in enumerate(ids, 1):
         assert eid not in recent
-        recent.add(eid)
-        assert all(old in recent for old in ids[max(0, n - 4):n])
+        assert recent.add(eid) is True
+        assert all(old in recent and recent.add(old) is False for old in ids[max(0, n - 4):n])
         assert len(recent) <= 8
     assert ids[0] not in recent and ids[11] not in recent
     recent.window = 2  # a reload shrinks the window: the next generation is the smaller size
