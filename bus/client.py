@@ -137,7 +137,8 @@ class ControlClient:
         """
         rid, fut = self.send(msg)
         try:
-            reply = await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                reply = await fut
         except TimeoutError:
             self.forget(rid)
             raise ControlError(f"no reply from busd at {self.endpoint} within {timeout:g} s "

@@ -87,11 +87,13 @@ async def stop_process(proc: asyncio.subprocess.Process, *, group: bool = False,
     if grace > 0:
         send(signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), grace)
+            async with asyncio.timeout(grace):
+                await proc.wait()
     send(signal.SIGKILL)
     if proc.returncode is None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), reap_timeout)
+            async with asyncio.timeout(reap_timeout):
+                await proc.wait()
     return proc.returncode is not None
 
 

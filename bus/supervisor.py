@@ -167,7 +167,8 @@ class Supervisor:
             (log.info if clean else log.warning)("plugin_exited" if clean else "plugin_crashed", plugin=name,
                                                  status=rc_text, uptime=round(uptime, 3), restart_in=round(delay, 3))
             try:
-                await asyncio.wait_for(pp.stopping.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await pp.stopping.wait()
             except TimeoutError:
                 pp.restarts += 1
         pp.state = "stopped"
@@ -212,7 +213,8 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await proc.wait()
             except TimeoutError:
                 log.warning("plugin_kill", plugin=name, reason=f"still running {timeout:g} s after SIGTERM")
                 with contextlib.suppress(ProcessLookupError):
@@ -220,7 +222,8 @@ class Supervisor:
                 await proc.wait()
         if pp.task is not None:
             try:
-                await asyncio.wait_for(pp.task, 1.0)
+                async with asyncio.timeout(1.0):
+                    await pp.task
             except (TimeoutError, asyncio.CancelledError):
                 pp.task.cancel()
         pp.state = "stopped"

@@ -20,7 +20,8 @@ async def readable(fd: int, timeout: float | None = None) -> bool:
 
     loop.add_reader(fd, ready)
     try:
-        await asyncio.wait_for(fut, timeout)
+        async with asyncio.timeout(timeout):
+            await fut
         return True
     except TimeoutError:
         return False

@@ -256,7 +256,8 @@ class Drbd(Collector):
             await self._read(proc.stdout)
             code = await proc.wait()
             with contextlib.suppress(TimeoutError):  # a child of the command may hold stderr open
-                await asyncio.wait_for(asyncio.shield(helpers[1]), 1.0)
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(helpers[1])
         except BaseException:
             await stop_process(proc)
             raise

@@ -398,7 +398,8 @@ class Email(Receiver):
             self.wake.clear()
             wait = None if self.window_end is None else self.window_end - now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self.wake.wait()
 
     async def teardown(self) -> None:
         """Send what waits, digest included, if the server answers within 1 s; log what could not go."""

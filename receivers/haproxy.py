@@ -129,7 +129,8 @@ class RuntimeAPI:
             finally:
                 writer.close()
 
-        return await asyncio.wait_for(run(), self.timeout)
+        async with asyncio.timeout(self.timeout):
+            return await run()
 
 
 class HAProxy(Receiver):

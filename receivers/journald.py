@@ -216,7 +216,8 @@ class Journald(Receiver):
 
         loop.add_writer(fd, wake)
         try:
-            await asyncio.wait_for(ready, 1.0)
+            async with asyncio.timeout(1.0):
+                await ready
         except TimeoutError:
             pass
         finally:

@@ -249,11 +249,11 @@ class PgHba(Receiver):
 
     async def _reload(self) -> None:
         timeout = self.options["reload_timeout"]
-        conn = await asyncio.wait_for(
-            psycopg.AsyncConnection.connect(self.options["dsn"], autocommit=True, connect_timeout=max(1, int(timeout))),
-            timeout)
-        async with conn:
-            await asyncio.wait_for(conn.execute("SELECT pg_reload_conf()"), timeout)
+        async with asyncio.timeout(timeout):
+            conn = await psycopg.AsyncConnection.connect(self.options["dsn"], autocommit=True,
+                                                         connect_timeout=max(1, int(timeout)))
+        async with conn, asyncio.timeout(timeout):
+            await conn.execute("SELECT pg_reload_conf()")
 
     def _schedule(self, delay: float) -> None:
         async def again() -> None:

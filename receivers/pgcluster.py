@@ -460,7 +460,8 @@ class PgCluster(Receiver):
             except Exception:
                 self.log.exception("decision_failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self.changed.wait()
 
     async def decide(self) -> Decision:
         """Apply the rule now; emit the decision if it differs from the last one."""

@@ -260,7 +260,8 @@ class Prometheus(Receiver):
             proc = await asyncio.create_subprocess_exec(drbdadm, "--version", stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=asyncio.subprocess.PIPE,
                                                         stderr=asyncio.subprocess.DEVNULL)
-            out, _ = await asyncio.wait_for(proc.communicate(), 5)
+            async with asyncio.timeout(5):
+                out, _ = await proc.communicate()
         except (OSError, TimeoutError) as exc:
             self.log.info("drbd_version_unknown", drbdadm=drbdadm, error=str(exc))
             return {}

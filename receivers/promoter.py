@@ -208,7 +208,8 @@ async def run_command(argv: list[str], timeout: float) -> CommandResult:
     except OSError as exc:
         return CommandResult(argv, 127, f"cannot run {argv[0]}: {exc.strerror or exc}")
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            out, _ = await proc.communicate()
     except (TimeoutError, asyncio.CancelledError) as exc:
         if not await stop_process(proc, group=True, grace=0):
             log.error("command_not_reaped", command=argv, pid=proc.pid,

@@ -484,7 +484,8 @@ class Umh(Receiver):
         outputs = [asyncio.create_task(_collect(proc.stdout)), asyncio.create_task(_collect(proc.stderr))]
         timeout = self.options["timeout"] or None
         try:
-            status = await asyncio.wait_for(proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                status = await proc.wait()
         except (TimeoutError, asyncio.CancelledError) as exc:
             await stop_process(proc, group=True, grace=KILL_GRACE, reap_timeout=KILL_GRACE)
             if isinstance(exc, asyncio.CancelledError):

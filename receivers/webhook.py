@@ -581,7 +581,8 @@ class Webhook(Receiver):
                 if not rows:
                     if outbox.unsaved:
                         try:
-                            await asyncio.wait_for(hook.wake.wait(), SAVE_INTERVAL)
+                            async with asyncio.timeout(SAVE_INTERVAL):
+                                await hook.wake.wait()
                         except TimeoutError:
                             outbox.save()
                     else:
@@ -733,7 +734,8 @@ class Webhook(Receiver):
                         **{r: counts.get(r, 0) for r in _REASONS},
                         "dropped_total": sum(totals.get(r, 0) for r in _REASONS)})
         try:
-            await asyncio.wait_for(self.emit(event), timeout)
+            async with asyncio.timeout(timeout):
+                await self.emit(event)
         except Exception as exc:  # outside busd, or busd gone at shutdown: the log line above stays
             self.log.warning("webhook_report_failed", webhook=hook.name, error=str(exc) or type(exc).__name__)
 

@@ -214,7 +214,8 @@ class Websocket(Receiver):
     async def _close_ws(self, client: Client, code: int, reason: str) -> None:
         # the close frame waits behind what is still buffered for the client: give it some time
         try:
-            await asyncio.wait_for(client.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await client.ws.close(code=code, message=reason.encode())
         except (TimeoutError, ConnectionError, RuntimeError):
             if client.transport is not None:
                 client.transport.abort()

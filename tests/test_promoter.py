@@ -50,7 +50,8 @@ def scenario(plugins: list[Promoter], body: Callable[[], Awaitable[None]]) -> No
             await body()
         finally:
             for p in plugins:
-                await p.teardown()
+                async with asyncio.timeout(20):  # a lost cancellation fails here, not at pytest's 120 s
+                    await p.teardown()
     asyncio.run(main())
 
 
