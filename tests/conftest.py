@@ -191,10 +191,14 @@ class Bus:
         wait_for(ready, timeout, f"plugins {names} running")
 
     def close(self) -> None:
-        """Kill whatever is left."""
+        """Stop busd as systemd would (SIGTERM, SIGKILL after 10 s), so its plugins go with it."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         if self.proc is not None:
             self.log.close()
         if self.notify is not None:
@@ -210,7 +214,25 @@ def fixture_bus() -> Iterator[Bus]:
         yield b
     finally:
         b.close()
+        left = outliving_plugins(b.runtime_dir)
         shutil.rmtree(base, ignore_errors=True)
+    assert not left, f"plugin processes outlived busd: {left}"
+
+
+def outliving_plugins(runtime_dir: Path) -> list[str]:
+    """Kill and describe the processes started for the busd on ``runtime_dir`` that are still running."""
+    marker = f"BUS_RUNTIME_DIR={runtime_dir}".encode()
+    left = []
+    for pid in (int(d) for d in os.listdir("/proc") if d.isdigit()):
+        try:
+            if marker not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):  # gone meanwhile, or not ours to read
+            continue
+        left.append(f"{pid} {cmdline.strip()}")
+    return left
 
 
 def read_lines(path: Path) -> list[str]:
