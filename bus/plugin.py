@@ -385,19 +385,23 @@ class Receiver(Plugin):
             handle, handle_async = self.handle, self._handle
             is_async = self._is_async
             everything = self.filter.kinds_only()  # the subscription has already chosen the kinds
-            async for batch in sub.batches():
-                for delivery in batch:
-                    event = delivery.event
-                    if everything or match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
-                        if is_async:
-                            await handle_async(event, stats)
-                        else:
+            async for runs in sub.runs():
+                for run in runs:
+                    if is_async:  # progress after each event: a slow handler resumes where it was
+                        for seq, event in enumerate(run.events, run.first):
+                            if everything or match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
+                                await handle_async(event, stats)
+                            sub.done_seq[run.kind] = seq
+                            stats["handled"] += 1
+                        continue
+                    for event in run.events:
+                        if everything or match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
                             try:  # what _handle does, without a coroutine per event
                                 handle(event)
                             except Exception:
                                 stats["failed"] += 1
                                 self.log.exception("handle_failed", event_id=event.get("event_id"))
-                    sub.done(delivery)
+                    sub.done_run(run)
             return
         # summaries are handed on from a timer too: the lock keeps handle() calls one at a time
         lock = asyncio.Lock()
