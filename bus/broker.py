@@ -21,7 +21,7 @@ import msgspec
 import zmq
 
 from bus import protocol
-from bus.event import KINDS, WireEvent, check_wire, encode, new_event_id, normalize
+from bus.event import KINDS, WireEvent, check_wire, decode_wire, encode, new_event_id, normalize
 from bus.exceptions import EventError
 from bus.filter import Filter
 from bus.log import get_logger
@@ -56,7 +56,6 @@ class _Batch(msgspec.Struct):
 
 
 _batch_decoder = msgspec.msgpack.Decoder(_Batch)
-_events_decoder = msgspec.msgpack.Decoder(list[WireEvent] | WireEvent)
 
 
 def _decode_batch(frame: bytes) -> dict[str, Any] | None:
@@ -77,14 +76,6 @@ def _decode_batch(frame: bytes) -> dict[str, Any] | None:
         if value is not msgspec.UNSET:
             out[key] = value
     return out
-
-
-def _decode_events(frame: bytes) -> Any:
-    """Decode an ingest frame (one event or an array), typed when every event fits :class:`WireEvent`."""
-    try:
-        return _events_decoder.decode(frame)
-    except msgspec.MsgspecError:
-        return protocol.unpackb(frame)
 
 
 @dataclass
@@ -530,7 +521,7 @@ class Broker:
             self._malformed(source, f"frame of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit")
             return 0, []
         try:
-            obj = _decode_events(frame)
+            obj = decode_wire(frame)
         except Exception as exc:
             self._malformed(source, f"not valid msgpack ({exc})")
             return 0, []

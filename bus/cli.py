@@ -15,7 +15,7 @@ import typer
 
 from bus import __version__, protocol
 from bus.config import Config, MainConfig, default_path, load, peek_main
-from bus.event import KINDS, Event, from_json_lines, new_event, to_json_bytes
+from bus.event import KINDS, Event, decode_wire, from_json_lines, new_event, to_json_bytes
 from bus.exceptions import ConfigError, ControlError, EventError
 from bus.filter import Filter, FilterError
 from bus.log import configure
@@ -62,12 +62,11 @@ def _control_endpoint(config: str | None) -> str:
 
 
 def _run(coro: Any) -> Any:
-    try:
-        import uvloop
+    """Run a command's coroutine the way busd and the plugins run theirs (:func:`bus.runtime.runner`)."""
+    from bus import runtime
 
-        return uvloop.run(coro)
-    except ImportError:  # pragma: no cover
-        return asyncio.run(coro)
+    with runtime.runner() as runner:
+        return runner.run(coro)
 
 
 # -- busd ------------------------------------------------------------------------------------------
@@ -155,16 +154,18 @@ async def _tail(rd: str, flt: Filter, kinds: tuple[str, ...], json_out: bool, co
     from bus.client import ControlClient, Subscriber
 
     control = ControlClient(protocol.endpoint(rd, protocol.CONTROL))
-    sub = Subscriber(protocol.endpoint(rd, protocol.EVENTS), control, kinds, last=last)
+    everything = flt.kinds_only()  # the subscription has already chosen the kinds
+    # JSON of every event only re-encodes what arrives: typed events are cheaper to decode
+    sub = Subscriber(protocol.endpoint(rd, protocol.EVENTS), control, kinds, last=last,
+                     decode=decode_wire if json_out and everything else protocol.unpackb)
     seen = 0
     out = sys.stdout.buffer
-    everything = flt.kinds_only()  # the subscription has already chosen the kinds
     match = flt.match
     try:
         # a batch at a time: one filter pass, one write and one flush for whatever arrived together
-        async for batch in sub.batches():
-            events = [d.event for d in batch if everything or match(d.event)
-                      or d.event.get("event_type") == "BUS_EVENTS_LOST"]
+        async for runs in sub.runs():
+            events = [e for run in runs for e in run.events] if everything else [
+                e for run in runs for e in run.events if match(e) or e.get("event_type") == "BUS_EVENTS_LOST"]
             if count:
                 events = events[: count - seen]
             if not events:

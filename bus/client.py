@@ -405,11 +405,15 @@ class Subscriber:
         plugin: a configured receiver's name: resumes where its last run stopped. ``None``: live.
         last: for an anonymous subscriber, start this many events back in the replay buffer.
         progress_interval: seconds between progress reports and head checks.
+        decode: turns a published array of events into a list; plain maps by default
+            (:func:`bus.event.decode_wire` gives typed events, for a caller that only re-encodes them).
     """
 
     def __init__(self, events_endpoint: str, control: ControlClient, kinds: tuple[str, ...] = ("synthetic",),
-                 *, plugin: str | None = None, last: int = 0, progress_interval: float = 0.25) -> None:
+                 *, plugin: str | None = None, last: int = 0, progress_interval: float = 0.25,
+                 decode: Callable[[bytes], Any] = protocol.unpackb) -> None:
         self.control = control
+        self.decode = decode
         self.kinds = kinds
         self.plugin = plugin
         self.last = last
@@ -539,7 +543,7 @@ class Subscriber:
         ready = Readiness(sub)
         stats = self.stats
         nexts = self.next
-        unpack = protocol.unpackb
+        unpack = self.decode
         seq_of = SEQ.unpack
         kinds = {k.encode(): k for k in self.kinds}
         try:
