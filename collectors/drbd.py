@@ -1,8 +1,9 @@
-"""Collector ``drbd``: DRBD's state changes, one raw event per ``drbdsetup events2`` line.
+"""Collector ``drbd``: DRBD's state changes, from the lines ``drbdsetup events2`` prints.
 
 It runs ``command`` (default ``drbdsetup events2 --full --poll --timestamps``), writes ``n`` to its
 stdin every ``statistics_poll_interval`` seconds so that drbdsetup prints fresh statistics (I/O
-counters, out-of-sync, resync progress), and turns every line it prints into one raw event:
+counters, out-of-sync, resync progress), and turns what it prints into raw events. A line that
+comes on its own (the usual case: DRBD reports a state change) is one raw event:
 
 - ``system`` ``drbd``, ``kind`` raw, ``event_type`` ``DRBD_EVENTS2``, severity info, ``msg`` the line;
 - ``dev_name`` ``res`` or ``res/volume``, ``dev_wwid`` ``drbd:res`` or ``drbd:res/volume``;
@@ -14,10 +15,24 @@ counters, out-of-sync, resync progress), and turns every line it prints into one
   values), ``timestamp`` (the ``--timestamps`` prefix, when present; it also sets the event's
   time) and ``run`` (an id of this drbdsetup process: a new run starts with a new ``exists`` dump).
 
+When lines come faster than one at a time (one read of the pipe brings ``BATCH_MIN`` lines or more:
+a big initial dump, statistics of many devices, a benchmark), each run of up to ``BATCH_LINES``
+consecutive lines (``BATCH_BYTES`` at most) becomes one raw event ``DRBD_EVENTS2_BATCH`` instead:
+``msg`` ``"N events2 lines"``, no device, the time it was read, and ``extensions`` ``lines`` (the
+lines, in order, each exactly as printed, ``--timestamps`` prefix included) and ``run``. The
+``drbd`` parser handles each line of a batch as if it had come alone. This keeps the bus at a few
+thousand events a second when drbdsetup prints hundreds of thousands of lines (the broker's work is
+per event), and the pipe is read only as fast as busd acknowledges them (:meth:`Plugin.emit` waits
+when the publisher's window is full), so a fast drbdsetup waits on its pipe instead of filling
+memory.
+
 Unknown keys are kept. Lines that are not events2 lines (an unknown action or object, a field
 without ``:``, a missing or non-integer ``name``/``volume``/``peer-node-id``/``minor``, invalid
-UTF-8, over 64 KiB) are skipped: the first of each kind is logged as ``bad_line`` with the line, all
-are counted (``bad_lines`` in the status file ``busctl`` reads, ``$BUS_RUNTIME_DIR/status/NAME.json``).
+UTF-8, over 64 KiB) are skipped, in batches too: the first of each kind is logged as ``bad_line``
+with the line, all are counted (``bad_lines`` in the status file ``busctl`` reads,
+``$BUS_RUNTIME_DIR/status/NAME.json``). A line is checked by :func:`parse_line`, or, when it only
+differs from one already checked in values that cannot make it invalid (statistics), by that
+line's :class:`Template` (one regular expression match instead of splitting every field).
 
 When the command exits (or cannot start), its exit status and the lines it wrote on stderr are
 logged and it is started again after ``restart_delay`` seconds, doubling up to
@@ -37,10 +52,12 @@ import contextlib
 import re
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bus.client import Publisher
 from bus.config import Option
 from bus.event import Event
 from bus.exceptions import BadInput
@@ -72,9 +89,32 @@ STABLE_RUN = 10.0
 STATUS_INTERVAL = 1.0
 """Seconds between two writes of the status file (when it changed)."""
 
-_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?$")
-_INTEGER = re.compile(r"-?\d+$")
+BATCH_TYPE = "DRBD_EVENTS2_BATCH"
+"""``event_type`` of a raw event that carries a run of lines (``extensions.lines``)."""
+READ_SIZE = 65536
+"""Bytes asked of the pipe at once."""
+BATCH_MIN = 32
+"""Fewest complete lines in one read that are batched; fewer are one event each, as they come."""
+BATCH_LINES = 128
+"""Most lines in one batch event."""
+BATCH_BYTES = 16384
+"""Most characters of lines in one batch event: busd's queues count events, so an event stays small."""
+PUBLISH_BATCH = 64
+"""Most events in one publish request (64 batches of 16 KiB stay far below busd's 8 MiB frame limit)."""
+TEMPLATE_KEY = 64
+"""Characters after the timestamp that pick a line's templates (drbdsetup prints statistics after them)."""
+TEMPLATES_MAX = 4096
+"""Templates kept before the cache starts over (each distinct state of each object makes one)."""
 
+_ACTIONS = frozenset(ACTIONS)
+_OBJECTS = frozenset(OBJECTS)
+_TIMESTAMP_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?"
+_TIMESTAMP = re.compile(_TIMESTAMP_RE + "$")
+_INTEGER = re.compile(r"-?\d+$")
+_VALUE = r"([^\s>]*)"
+"""A value a template lets vary: anything but blanks and ``>`` (so never ``old->new``)."""
+_FIXED_KEYS = frozenset({"name", "volume", "peer-node-id", "minor", "conn-name", "local", "peer", "helper", "status"})
+"""Keys :func:`parse_line` checks or identifies an object by: a template keeps their values."""
 
 
 
@@ -107,12 +147,13 @@ def parse_line(text: str) -> Line:
     """
     words = text.split()
     timestamp = None
-    if words and _TIMESTAMP.match(words[0]):
-        timestamp = words.pop(0)
+    if words and words[0][:1].isdigit() and _TIMESTAMP.match(words[0]):  # an action starts with a letter
+        timestamp = words[0]
+        del words[0]
     if not words:
         raise BadInput("unknown_action", "a timestamp and nothing else")
     action = words[0]
-    if action not in ACTIONS:
+    if action not in _ACTIONS:
         raise BadInput("unknown_action", f"{action[:40]!r} is not one of {', '.join(ACTIONS)}")
     if len(words) < 2:
         raise BadInput("unknown_object", f"nothing after {action!r}")
@@ -121,30 +162,132 @@ def parse_line(text: str) -> Line:
         if action != "exists":
             raise BadInput("unknown_object", f"'-' only follows 'exists', not {action!r}")
         return Line(action, obj, timestamp=timestamp)
-    if obj not in OBJECTS:
+    if obj not in _OBJECTS:
         raise BadInput("unknown_object", f"{obj[:40]!r} is not one of {', '.join(OBJECTS)}")
     if (obj == "helper") != (action in ("call", "response")):
         raise BadInput("unknown_object", f"{action!r} does not go with {obj!r} (helpers are called and respond)")
-    line = Line(action, obj, timestamp=timestamp)
-    for word in words[2:]:
-        key, sep, value = word.partition(":")
-        if not sep or not key:
-            raise BadInput("bad_field", f"{word[:60]!r} is not key:value")
-        old, arrow, new = value.partition("->")
-        if arrow:
-            line.old[key] = old
-            value = new
-        line.fields[key] = value
+    pairs = [word.split(":", 1) for word in words[2:]]
+    try:
+        fields = dict(pairs)  # a word without ":" makes a 1-list: ValueError
+    except ValueError:
+        fields = {}
+    if len(fields) != len(pairs) or "" in fields or "->" in text:  # the rare cases, word by word
+        line = Line(action, obj, timestamp=timestamp)
+        for word in words[2:]:
+            key, sep, value = word.partition(":")
+            if not sep or not key:
+                raise BadInput("bad_field", f"{word[:60]!r} is not key:value")
+            old, arrow, new = value.partition("->")
+            if arrow:
+                line.old[key] = old
+                value = new
+            line.fields[key] = value
+        fields = line.fields
+    else:
+        line = Line(action, obj, fields, timestamp=timestamp)
     for key in REQUIRED_KEYS[obj]:
-        if not line.fields.get(key):
+        if not fields.get(key):
             raise BadInput("missing_key", f"{action} {obj} without {key!r}")
     for key in INTEGER_KEYS:
-        number = line.fields.get(key)
-        if number is not None and not _INTEGER.match(number):
+        number = fields.get(key)
+        if number is not None and not (number.isdecimal() or (number[:1] == "-" and number[1:].isdecimal())):
             raise BadInput("bad_integer", f"{key}:{number[:40]} is not an integer")
-    if obj == "helper" and "status" in line.fields and not _INTEGER.match(line.fields["status"]):
-        raise BadInput("bad_integer", f"status:{line.fields['status'][:40]} is not an integer")
+    if obj == "helper" and "status" in fields and not _INTEGER.match(fields["status"]):
+        raise BadInput("bad_integer", f"status:{fields['status'][:40]} is not an integer")
     return line
+
+
+def template_key(text: str) -> str:
+    """Return the first ``TEMPLATE_KEY`` characters of a line after its timestamp.
+
+    Lines of one object start alike (``change peer-device name:r0 peer-node-id:1 conn-name:b``), so
+    this picks the few :class:`Template` a line may match.
+    """
+    start = text.find(" ") + 1 if text[:1].isdigit() else 0
+    return text[start:start + TEMPLATE_KEY]
+
+
+@dataclass(slots=True, eq=False)
+class Template:
+    """A checked line with its varying values left open: lines that match it parse the same way.
+
+    ``regex`` matches the line after its ``--timestamps`` prefix: every word as it was, except the
+    values of ``keys`` (in the order of the line), which may be anything without blanks or ``>``.
+    A line that matches differs from the checked one in those values only, so it is valid too, and
+    its fields are the checked line's with those values replaced (``match.groups()``).
+    """
+
+    key: str
+    regex: re.Pattern[str]
+    keys: tuple[str, ...]
+    line: Line
+    owner: Any = None
+    """What the user of the template keeps with it (the ``drbd`` parser: the object it updates)."""
+
+    @classmethod
+    def of(cls, text: str, line: Line, varying: Collection[str] | None = None) -> Template | None:
+        """Return the template of a parsed line whose values of ``varying`` keys (``None``: any) may change.
+
+        ``None`` for a line that is not in drbdsetup's own form (single spaces, no ``old->new``) or
+        has no such key. Keys that identify an object or that :func:`parse_line` checks never vary.
+        """
+        if line.old or line.object == "-":
+            return None
+        words = text.split(" ")
+        if line.timestamp is not None:
+            del words[0]
+        if words != text.split()[1 if line.timestamp is not None else 0:]:
+            return None
+        parts = [re.escape(words[0]), re.escape(words[1])]
+        keys = []
+        for word in words[2:]:
+            key = word.partition(":")[0]
+            if (varying is None or key in varying) and key not in _FIXED_KEYS:
+                parts.append(re.escape(key) + ":" + _VALUE)
+                keys.append(key)
+            else:
+                parts.append(re.escape(word))
+        if not keys:
+            return None
+        return cls(template_key(text), re.compile(" ".join(parts)), tuple(keys), line)
+
+
+class Templates:
+    """Templates by :func:`template_key`, newest first; at most ``TEMPLATES_MAX`` (then it starts over)."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, list[Template]] = {}
+        self.size = 0
+        self.last_timestamp = ""  # the last timestamp found valid: consecutive lines often share it
+
+    def add(self, template: Template) -> None:
+        """Keep a template (before the others of its key)."""
+        if self.size >= TEMPLATES_MAX:
+            self.clear()
+        self.by_key.setdefault(template.key, []).insert(0, template)
+        self.size += 1
+
+    def clear(self) -> None:
+        """Forget every template."""
+        self.by_key.clear()
+        self.size = 0
+
+    def find(self, text: str) -> tuple[Template, re.Match[str]] | None:
+        """Return the template a line matches, with the match (``None``: none does)."""
+        start = 0
+        if text[:1].isdigit():  # a --timestamps prefix, checked as parse_line checks it
+            start = text.find(" ") + 1
+            last = self.last_timestamp
+            if start - 1 != len(last) or not text.startswith(last):
+                timestamp = text[:start - 1]
+                if not start or not _TIMESTAMP.match(timestamp):
+                    return None
+                self.last_timestamp = timestamp
+        for template in self.by_key.get(text[start:start + TEMPLATE_KEY], ()):
+            m = template.regex.fullmatch(text, start)
+            if m is not None:
+                return template, m
+        return None
 
 
 def parse_timestamp(text: str) -> float | None:
@@ -167,7 +310,15 @@ class Drbd(Collector):
         self.run_id = ""
         self.pid: int | None = None
         self.last_exit: dict[str, Any] | None = None
+        self.templates = Templates()
         self._status_dirty = True
+
+    @property
+    def publisher(self) -> Publisher:
+        """The SDK's publisher, with at most ``PUBLISH_BATCH`` events (batches of lines) per request."""
+        if self._publisher is None:
+            self._publisher = Publisher(self.control, self.name, batch=PUBLISH_BATCH)
+        return self._publisher
 
     # -- lines to events ------------------------------------------------------------------------
 
@@ -185,6 +336,11 @@ class Drbd(Collector):
         return self.event("drbd", "DRBD_EVENTS2", text, dev_name=dev, dev_wwid=f"drbd:{dev}" if dev else "",
                           timestamp=ts, extensions=ext)
 
+    def batch_event(self, lines: list[str]) -> Event:
+        """Return the raw ``DRBD_EVENTS2_BATCH`` event of a run of checked lines."""
+        return self.event("drbd", BATCH_TYPE, f"{len(lines)} events2 lines",
+                          extensions={"lines": lines, "run": self.run_id})
+
     def on_bad(self, bad: BadInput, text: str) -> None:
         """Count a skipped line; log the first of each kind with the line."""
         self.bad_counts[bad.kind] += 1
@@ -195,13 +351,8 @@ class Drbd(Collector):
 
     async def handle_line(self, raw: bytes) -> None:
         """Decode, parse and emit one line (bad lines are counted and skipped)."""
-        try:
-            text = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as exc:
-            self.on_bad(BadInput("invalid_utf8", f"not UTF-8 at offset {exc.start}"),
-                        raw.decode("utf-8", "backslashreplace"))
-            return
-        if not text.strip():
+        text = self._decode(raw)
+        if text is None or not text.strip():
             return
         try:
             line = parse_line(text)
@@ -211,6 +362,72 @@ class Drbd(Collector):
         self.lines += 1
         self._status_dirty = True
         await self.emit(self.line_event(text, line))
+
+    def _decode(self, raw: bytes) -> str | None:
+        """Return a line as text without its line end (``None``, counted: too long or not UTF-8)."""
+        if len(raw) > MAX_LINE:
+            self.on_bad(BadInput("too_long", f"a line over {MAX_LINE} bytes"), "")
+            return None
+        try:
+            return raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            self.on_bad(BadInput("invalid_utf8", f"not UTF-8 at offset {exc.start}"),
+                        raw.decode("utf-8", "backslashreplace"))
+            return None
+
+    async def handle_chunk(self, chunk: bytes) -> None:
+        """Handle complete lines read at once (``chunk`` without its last newline).
+
+        Fewer than ``BATCH_MIN`` lines are handled one by one (:meth:`handle_line`); more are
+        checked (bad ones counted and skipped) and emitted as batches of consecutive lines.
+        """
+        raws = chunk.split(b"\n")
+        if len(raws) < BATCH_MIN:
+            for raw in raws:
+                await self.handle_line(raw)
+            return
+        texts: list[str | None]
+        try:
+            if len(chunk) > MAX_LINE and max(map(len, raws)) > MAX_LINE:
+                raise ValueError("a line is too long")
+            texts = list(chunk.decode("utf-8").split("\n"))
+        except ValueError:  # UnicodeDecodeError too: line by line, to count the bad ones
+            texts = [self._decode(raw) for raw in raws]
+        good: list[str] = []
+        find = self.templates.find
+        for text in texts:
+            if text is None:
+                continue
+            if find(text) is not None:  # differs from a checked line in values only
+                good.append(text)
+                continue
+            text = text.rstrip("\r\n")
+            if not text.strip():
+                continue
+            try:
+                line = parse_line(text)
+            except BadInput as exc:
+                self.on_bad(exc, text)
+                continue
+            good.append(text)
+            template = Template.of(text, line)
+            if template is not None:
+                self.templates.add(template)
+        if not good:
+            return
+        self.lines += len(good)
+        self._status_dirty = True
+        start, n = 0, len(good)
+        while start < n:
+            end, size = start, 0
+            while end < n and end - start < BATCH_LINES and size < BATCH_BYTES:
+                size += len(good[end])
+                end += 1
+            if end - start == 1:
+                await self.emit(self.line_event(good[start], parse_line(good[start])))
+            else:
+                await self.emit(self.batch_event(good[start:end]))
+            start = end
 
     # -- the command ----------------------------------------------------------------------------
 
@@ -270,15 +487,35 @@ class Drbd(Collector):
         self.log.warning("command_exited", command=self.command, status=code, stderr=stderr_lines[-20:])
 
     async def _read(self, stdout: asyncio.StreamReader) -> None:
+        """Read the command's stdout in chunks of complete lines, each handled before the next read.
+
+        Handling waits while busd has not acknowledged enough (:meth:`emit`), so reading does too,
+        and a command printing faster than the bus takes its lines blocks on the full pipe.
+        """
+        rest = b""
+        skipping = False  # throwing away the rest of a line over MAX_LINE
         while True:
-            try:
-                raw = await stdout.readline()
-            except ValueError:  # longer than MAX_LINE: asyncio dropped what it buffered
-                self.on_bad(BadInput("too_long", f"a line over {MAX_LINE} bytes"), "")
-                continue
-            if not raw:
+            data = await stdout.read(READ_SIZE)
+            if not data:
+                if rest and not skipping:
+                    await self.handle_line(rest)  # a last line without its newline
                 return
-            await self.handle_line(raw)
+            end = data.rfind(b"\n")
+            if end < 0:
+                if not skipping:
+                    rest += data
+            else:
+                chunk: bytes | None
+                chunk, rest = rest + data[:end], data[end + 1:]
+                if skipping:  # the chunk's first line is the end of the long one
+                    first = chunk.find(b"\n")
+                    chunk = None if first < 0 else chunk[first + 1:]
+                    skipping = False
+                if chunk is not None:
+                    await self.handle_chunk(chunk)
+            if len(rest) > MAX_LINE:
+                self.on_bad(BadInput("too_long", f"a line over {MAX_LINE} bytes"), "")
+                skipping, rest = True, b""
 
     async def _stderr(self, stderr: asyncio.StreamReader, keep: list[str]) -> None:
         while True:

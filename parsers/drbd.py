@@ -52,10 +52,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from bus.event import Event
+from bus.exceptions import BadInput
 from bus.plugin import Parser, run, write_atomic
+from collectors.drbd import BATCH_TYPE, Line, Template, Templates, parse_line, parse_timestamp
 from collectors.kmsg import boot_id
 
 FILTER = {"system": ["drbd"], "kind": "raw"}
@@ -114,6 +117,9 @@ SYNC_STATES = frozenset({"SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT
 SPLIT_BRAIN_HELPERS = frozenset({"split-brain", "initial-split-brain"})
 _OBJECT_TYPE = {"resource": "RESOURCE", "device": "DEVICE", "connection": "CONNECTION",
                 "peer-device": "PEER_DEVICE", "path": "PATH"}
+
+STAT_KEYS = {kind: frozenset(k for k, (_, _, is_stat) in spec.items() if is_stat) for kind, spec in FIELDS.items()}
+"""The events2 keys of each kind that are statistics (they change the state silently)."""
 
 Obj = dict[str, Any]
 """One object of the state: ``{"props": {...}, "stats": {...}}`` plus its children."""
@@ -200,21 +206,52 @@ def _int(fields: dict[str, str], key: str) -> int | None:
         return None
 
 
+@dataclass(slots=True)
+class _Statistics:
+    """An object a :class:`Template` of one of its statistics lines updates, and the values waiting."""
+
+    res: Obj
+    obj: Obj
+    kind: str
+    fields: dict[str, str]
+    """The fields of the template's line (the same keys as every line that matches it)."""
+    converters: list[tuple[str, str, Callable[[str], Any]]]
+    """``(events2 key, statistic, converter)`` of each varying value, in the template's order."""
+    pending: list[tuple[str, ...]] = field(default_factory=list)
+    """The varying values of the lines that matched since the last :meth:`DrbdParser.flush`."""
+
+
 class DrbdParser(Parser):
     """Track DRBD resources from events2 lines; emit events for meaningful changes."""
 
+    window = 512
+    """Events delivered and not acknowledged: a batch holds up to 128 lines, so this bounds memory too."""
+
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
+        self.templates = Templates()
+        self._touched: list[_Statistics] = []
+        self._dirty = False
         self.resources: dict[str, Obj] = {}
         self.run_id: str | None = None
         self.dumping = False
         self.seen: set[Key] = set()
-        self.dirty = False
         self.delivery_outputs: dict[str, list[Event]] = {}
         self.replay: dict[str, list[Event]] = {}
         self.state_path = self.state_file()
         self.boot = boot_id()
         self._warned: set[str] = set()
+
+    @property
+    def dirty(self) -> bool:
+        """Whether the state changed since it was last saved (statistics alone do not count)."""
+        return self._dirty
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        if value:  # objects or properties changed: no line is known to leave them alone any more
+            self.templates.clear()
+        self._dirty = value
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -282,6 +319,12 @@ class DrbdParser(Parser):
                 return [dict(e) for e in saved]
             self.replay = {}  # the delivery that was not acknowledged before a crash is behind us
         ext = event.get("extensions") or {}
+        if event.get("event_type") == BATCH_TYPE:
+            out = self.handle_batch(event, eid, ext)
+            if out:
+                self._dirty = True  # for the saved outputs; handle_batch already dropped what was stale
+            self.delivery_outputs[eid] = out
+            return out
         action, kind = ext.get("action"), ext.get("object")
         fields = ext.get("fields") or {}
         if not isinstance(fields, dict) or action is None or kind is None:
@@ -292,6 +335,99 @@ class DrbdParser(Parser):
             self.dirty = True
         self.delivery_outputs[eid] = out
         return out
+
+    def handle_batch(self, event: Event, eid: str, ext: dict[str, Any]) -> list[Event]:
+        """Apply every line of a ``DRBD_EVENTS2_BATCH`` event in order; return the events they cause.
+
+        The events are those the lines would give one by one, each with the time of its own line
+        (else of the batch) and ``raw_line``, its line's index in ``lines``. A line that only
+        updates the statistics of an object in a way already seen (it matches the :class:`Template`
+        of an earlier line of that object, made while the object has not changed since) is not
+        parsed field by field: its values wait in :attr:`_touched` and only the latest are stored,
+        before any other line is applied and at the end of the batch.
+        """
+        lines = ext.get("lines")
+        if not isinstance(lines, list):
+            self.warn_once("not_an_events2_batch", event_id=eid)
+            return []
+        run_id = ext.get("run")
+        if run_id is not None and run_id != self.run_id:
+            self.templates.clear()  # a new drbdsetup: its first line goes the whole way (new run)
+        out: list[Event] = []
+        find = self.templates.find
+        touched = self._touched
+        batch_time = event.get("timestamp")
+        for index, text in enumerate(lines):
+            if type(text) is not str:
+                self.warn_once("bad_batch_line", event_id=eid, index=index, line=repr(text)[:300])
+                continue
+            found = find(text)
+            if found is not None:
+                stats = found[0].owner
+                if not stats.pending:
+                    touched.append(stats)
+                stats.pending.append(found[1].groups())
+                continue
+            if touched:
+                self.flush()
+            try:
+                line = parse_line(text)
+            except BadInput as exc:
+                self.warn_once("bad_batch_line", event_id=eid, index=index, kind=exc.kind, line=text[:300])
+                continue
+            when = parse_timestamp(line.timestamp) if line.timestamp is not None else None
+            raw = {"event_id": eid, "msg": text, "timestamp": batch_time if when is None else when}
+            produced = self._apply(raw, line.action, line.object, line.fields, line.old, run_id)
+            for e in produced:
+                e["extensions"]["raw_line"] = index
+            out += produced
+            if produced:
+                self.dirty = True
+            self.remember(text, line)
+        if touched:
+            self.flush()
+        return out
+
+    def remember(self, text: str, line: Line) -> None:
+        """Keep the template of a statistics ``change`` line just applied to an existing object."""
+        kind = line.object
+        if line.action != "change" or kind not in ("device", "connection", "peer-device") or self.dumping:
+            return
+        fields = line.fields
+        res = self.resources.get(fields.get("name", ""))
+        where = self.locate(kind, res, fields, create=False) if res is not None else None
+        obj = where[0].get(where[1]) if where is not None else None
+        if obj is None:
+            return
+        template = Template.of(text, line, STAT_KEYS[kind])
+        if template is None:
+            return
+        spec = FIELDS[kind]
+        template.owner = _Statistics(res, obj, kind, fields,  # type: ignore[arg-type]
+                                     [(key, spec[key][0], spec[key][1]) for key in template.keys])
+        self.templates.add(template)
+
+    def flush(self) -> None:
+        """Store the latest statistics of the lines that matched a template (see :meth:`handle_batch`)."""
+        for stats in self._touched:
+            values = stats.obj["stats"]
+            pending = stats.pending
+            last = pending[-1]
+            for i, (key, name, convert) in enumerate(stats.converters):
+                try:
+                    values[name] = convert(last[i])
+                except ValueError:  # as line by line: the latest value that converts (if any) stays
+                    self.warn_once(f"bad_value_{key}", key=key, value=last[i], object=stats.kind)
+                    for earlier in reversed(pending[:-1]):
+                        try:
+                            values[name] = convert(earlier[i])
+                        except ValueError:
+                            continue
+                        break
+            if stats.kind == "peer-device":
+                self.progress(stats.res, stats.obj, stats.fields)
+            pending.clear()
+        self._touched.clear()
 
     def _apply(self, raw: Event, action: str, kind: str, fields: dict[str, str], line_old: dict[str, str],
                run_id: str | None) -> list[Event]:
