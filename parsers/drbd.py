@@ -1,7 +1,13 @@
 """Parser ``drbd``: keeps the state of every DRBD resource and reports what meaningfully changed.
 
-Input: the raw ``DRBD_EVENTS2`` events of the ``drbd`` collector (default filter: system ``drbd``,
-kind raw). The parser keeps every resource with its devices, connections, peer devices and paths,
+Input: the raw ``DRBD_EVENTS2`` events of the ``drbd`` collector, one line each, and its
+``DRBD_EVENTS2_BATCH`` events, a run of lines each (``extensions.lines``), handled line by line in
+order with exactly the outcome of the same lines one by one (default filter: system ``drbd``, kind
+raw). Events caused by a line of a batch have that line's time (else the batch's) and ``raw_line``,
+its index in the batch; statistics lines that match the template of an earlier line of their object
+are not parsed field by field (see :meth:`DrbdParser.handle_batch`).
+
+The parser keeps every resource with its devices, connections, peer devices and paths,
 like ``drbdsetup status --json``, and emits synthetic events (system ``drbd``) only when something
 meaningful changed; statistics (``read``, ``written``, ``sent``, ``received``, ``out-of-sync``,
 ``pending``, ``unacked``, ``done``, ``al-writes``, ...) update the state silently.
