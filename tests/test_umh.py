@@ -49,7 +49,7 @@ def drbd_events(lines: list[str]) -> list[Event]:
 
 @pytest.mark.parametrize(("table", "message"), [
     ('rules = [{ system = "drbd", command = "true" }, { event_type = "X", command = "true" }, { system = "x" }]',
-     "plugins.umh.rules[2].command: is required (a non-empty string, run with sh -c)"),
+     "plugins.umh.rules[2].command: is required (a non-empty string, or an argv list run without a shell)"),
     ('rules = [{ system = "drbd", command = "true", colour = "red" }]', "plugins.umh.rules[0].colour: unknown key"),
     ('rules = [{ severity = "fatal", command = "true" }]', "plugins.umh.rules[0].severity: 'fatal' is not one of"),
     ('rules = [{ new.role = { operator = "Like", value = "P" }, command = "true" }]',
@@ -294,7 +294,7 @@ def test_limits_timeouts_exit_status_and_old_new(bus: Bus, tmp_path: Path) -> No
     bus.start()
     bus.wait_running("umh")
     states = [("bad", "good"), ("good", "good"), ("bad", "bad"), (None, "good")]
-    bus.emit([ev("test", "SLOW", f"s{i}") for i in range(4)]
+    bus.emit([ev("test", "SLOW", f"s{i}", dev_name=f"d{i}") for i in range(4)]  # four resources: two at a time
              + [ev("test", "HANG"), ev("test", "FAIL")]
              + [ev("test", "STATE", f"{old}->{new}", extensions={"old": {} if old is None else {"state": old},
                                                                    "new": {"state": new}}) for old, new in states])
