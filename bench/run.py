@@ -383,6 +383,10 @@ def full_phase_report(s: dict[str, Any]) -> None:
     else:
         say(f"[1] end to end, full speed, N={s['n']}: DID NOT COMPLETE - receiver saw {s['seen']} of "
             f"{s['n']} ids, lost {s['lost']}")
+    if s.get("cpu_per_10k"):
+        per = s["cpu_per_10k"]
+        say(f"    CPU-s per 10 000 events at full speed: {sum(per.values()):.3f} ["
+            + ", ".join(f"{k} {v:.3f}" for k, v in per.items()) + "]")
     tl = s.get("timeline")
     if tl:
         say(f"    timeline from first emit: last emit +{tl['last_emit']:.2f} s, all acknowledged +{tl['acked']:.2f} s, "
@@ -483,11 +487,16 @@ def paced_report(rate: float, s: dict[str, Any]) -> None:
 def full_phase(run: BusRun, tree: Tree, k: int, n: int) -> tuple[dict[str, Any], dict[str, int]]:
     sampler = RssSampler(tree)
     sampler.start()
+    c0 = tree.cpu()
     run.go()
     res = run.wait_phase(k, n / 2000 + 60)
+    c1 = tree.cpu()
     sampler.stop.set()
     sampler.join()
-    return phase_summary(res, n), dict(sampler.max)
+    summary = phase_summary(res, n)
+    # CPU per event at full speed: steadier than the rate on a machine whose speed drifts
+    summary["cpu_per_10k"] = {role: 10_000 * v / n for role, v in cpu_delta(c0, c1).items()}
+    return summary, dict(sampler.max)
 
 
 def idle_after(run: BusRun, tree: Tree, seconds: float, R: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ import msgspec
 import zmq
 
 from bus import protocol
-from bus.event import KINDS, WireEvent, check_wire, decode_wire, encode, new_event_id, normalize
+from bus.event import KINDS, WireEvent, check_wire, decode_wire, new_event_id, normalize
 from bus.exceptions import EventError
 from bus.filter import Filter
 from bus.log import get_logger
@@ -31,6 +31,7 @@ from bus.zsock import NOBLOCK, has_message, recv_message, send_message
 __all__ = ["Broker"]
 
 log = get_logger("broker")
+_encode = protocol.packb
 
 _DRAIN_MAX = 256
 _CONGESTED = 10_000
@@ -41,6 +42,7 @@ _STALLED_AFTER = 10.0
 _PUB_RUN_MAX = 1000
 _DELIVERY_MAX = 500
 _REPLAY_REPLY_MAX = 5000
+_ROUTES_MAX = 10_000
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -293,9 +295,8 @@ class Broker:
         self.handlers: dict[str, ControlHandler] = {}
         self.malformed: Counter[str] = Counter()
         self._seen = RecentIds(dedup_window)
-        self._routes: dict[tuple[str, str, str, str], tuple[ParserLink, ...]] = {}
-        self._topics: dict[tuple[str, str], bytes] = {}
-        self._pending_pub: list[tuple[str, bytes, int, bytes]] = []
+        self._routes: dict[tuple[str, str, str, str, str], tuple[Stream, bytes, tuple[tuple[ParserLink, Any], ...]]] = {}
+        self._pending_pub: list[tuple[bytes, int, bytes]] = []
         self._ingest: dict[str, zmq.Socket[bytes]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -538,11 +539,9 @@ class Broker:
         kind = "synthetic" if ptype == "parser" else ("raw" if ptype == "collector" else None)
         counters = self._counters(source)
         hostname = self.hostname
-        seen = self._seen
-        streams = self.streams
+        remember = self._seen.add
         pending = self._pending_pub
         routes = self._routes
-        topics = self._topics
         rejected: list[tuple[int, str]] = []
         now = time.time()
         accepted = 0
@@ -550,13 +549,13 @@ class Broker:
             try:
                 if type(event) is WireEvent:  # typed and checked in C when the batch was decoded
                     check_wire(event, hostname=hostname, kind=kind, source=source, now=now)
-                    eid, ekind, system = event.event_id, event.kind, event.system
-                    key = (ekind, system, event.severity, event.event_type)
+                    eid = event.event_id
+                    key = (source, event.kind, event.system, event.severity, event.event_type)
                     msg = event.msg
                 else:
                     normalize(event, hostname=hostname, kind=kind, source=source, now=now)
-                    eid, ekind, system = event["event_id"], event["kind"], event["system"]
-                    key = (ekind, system, event["severity"], event["event_type"])
+                    eid = event["event_id"]
+                    key = (source, event["kind"], event["system"], event["severity"], event["event_type"])
                     msg = event["msg"]
             except EventError as exc:
                 rejected.append((index, str(exc)))
@@ -564,26 +563,38 @@ class Broker:
                 log.warning("invalid_event", sender=source, index=index, error=str(exc))
                 continue
             accepted += 1
-            if not seen.add(eid):
+            if not remember(eid):
                 counters.drop("duplicate")
                 continue
-            data = encode(event)
-            stream = streams[ekind]
+            data = _encode(event)
+            route = routes.get(key)
+            if route is None:
+                route = self._route(key)
+            stream, topic, targets = route
             stream.seq += 1
-            topic = topics.get((ekind, system))
-            if topic is None:
-                topic = topics[(ekind, system)] = protocol.topic(ekind, system)
             stream.ring.append(data)
-            pending.append((ekind, topic, stream.seq, data))
-            targets = routes.get(key)
-            if targets is None:
-                targets = routes[key] = tuple(
-                    p for p in self.parsers.values() if p.filter.match_fields(*key))
-            for link in targets:
-                if link.name != source and (link.filter.contains is None or link.filter.match_text(msg)):
+            pending.append((topic, stream.seq, data))
+            for link, contains in targets:
+                if contains is None or any(word in msg for word in contains):
                     link.enqueue(data)
         counters.events_in += accepted
         return accepted, rejected
+
+    def _route(self, key: tuple[str, str, str, str, str]) -> tuple[Stream, bytes, tuple[tuple[ParserLink, Any], ...]]:
+        """Where events of ``key`` (source, kind, system, severity, event type) go: worked out once, then cached.
+
+        The stream and topic they are published under, and the parsers whose filter matches (with
+        the filter's ``contains`` words, the one part checked per event). A parser never gets its
+        own outputs. The cache is emptied when the parsers change, and when it grows past
+        ``_ROUTES_MAX`` keys (a producer inventing event types must not grow it for ever).
+        """
+        source, kind, system = key[0], key[1], key[2]
+        if len(self._routes) >= _ROUTES_MAX:
+            self._routes.clear()
+        targets = tuple((p, p.filter.contains) for p in self.parsers.values()
+                        if p.name != source and p.filter.match_fields(*key[1:]))
+        route = self._routes[key] = (self.streams[kind], protocol.topic(kind, system), targets)
+        return route
 
     def flush(self) -> None:
         """Send what the last batch produced, then re-check the flow (which may release held requests)."""
@@ -599,11 +610,11 @@ class Broker:
             pub = self.pub
             i, n = 0, len(pending)
             while i < n:
-                _, topic, first, _ = pending[i]
+                topic, first, _ = pending[i]
                 j = i + 1
-                while j < n and j - i < _PUB_RUN_MAX and pending[j][1] == topic:
+                while j < n and j - i < _PUB_RUN_MAX and pending[j][0] == topic:
                     j += 1
-                send_message(pub, [topic, SEQ.pack(first), protocol.pack_array([p[3] for p in pending[i:j]])], NOBLOCK)
+                send_message(pub, [topic, SEQ.pack(first), protocol.pack_array([p[2] for p in pending[i:j]])], NOBLOCK)
                 i = j
         for link in self.parsers.values():
             if link.peer is not None:

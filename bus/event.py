@@ -110,11 +110,12 @@ def new_event(
         extensions: plugin-specific keys.
         hostname: defaults to ``$BUS_HOSTNAME`` or the machine's host name.
         timestamp: seconds since the epoch; defaults to now.
-        event_id: defaults to a new UUID.
+        event_id: defaults to a new UUID; ``""`` leaves it to be given later (by the
+            publisher or the broker).
     """
     event: Event = {
         "v": SCHEMA_VERSION,
-        "event_id": event_id or new_event_id(),
+        "event_id": new_event_id() if event_id is None else event_id,
         "timestamp": time.time() if timestamp is None else float(timestamp),
         "hostname": hostname or os.environ.get("BUS_HOSTNAME") or socket.gethostname(),
         "severity": severity,

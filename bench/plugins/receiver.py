@@ -51,30 +51,40 @@ class BenchReceiver(Receiver):
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.dump_all)
         _write(self.out / "receiver.ready", str(os.getpid()))
 
-    def handle(self, event: dict[str, Any]) -> None:
+    def handle_batch(self, events: list[dict[str, Any]]) -> None:
+        """Record a batch: the SDK hands over what arrived together, received at one moment."""
         now = time.time()
-        ext = event["extensions"]
-        if event["event_type"] == "BUS_EVENTS_LOST":
-            self.lost_notices += 1
-            self.lost_events += int(ext.get("missed", 0))
-            return
-        k = ext["phase"]
-        st = self.phases.get(k)
-        if st is None:
-            st = self.phases[k] = _Phase(ext["n"])
-            st.first = now
-        st.last = now
-        parent = ext["parent"]
-        st.ids.append(parent)
-        st.seen.add(parent)
-        ts = event["timestamp"]
-        st.lat.append(now - ts)
-        tp = ext.get("t_parse")
-        if tp is not None:
-            st.lat_in.append(tp - ts)
-            st.lat_out.append(now - tp)
-        if len(st.seen) >= st.n and not st.written:
-            self.dump(k, partial=False)
+        phases = self.phases
+        st: _Phase | None = None
+        k = -1
+        touched: set[int] = set()
+        for event in events:
+            ext = event["extensions"]
+            if event["event_type"] == "BUS_EVENTS_LOST":
+                self.lost_notices += 1
+                self.lost_events += int(ext.get("missed", 0))
+                continue
+            if ext["phase"] != k or st is None:
+                k = ext["phase"]
+                st = phases.get(k)
+                if st is None:
+                    st = phases[k] = _Phase(ext["n"])
+                    st.first = now
+                touched.add(k)
+            parent = ext["parent"]
+            st.ids.append(parent)
+            st.seen.add(parent)
+            ts = event["timestamp"]
+            st.lat.append(now - ts)
+            tp = ext.get("t_parse")
+            if tp is not None:
+                st.lat_in.append(tp - ts)
+                st.lat_out.append(now - tp)
+        for k in touched:
+            st = phases[k]
+            st.last = now
+            if len(st.seen) >= st.n and not st.written:
+                self.dump(k, partial=False)
 
     def dump(self, k: int, *, partial: bool) -> None:
         st = self.phases[k]
