@@ -145,7 +145,9 @@ class DrbdRun:
         command = [PY, str(Path(__file__).resolve()), "generate", "--go", str(self.go), "--started", str(self.started),
                    "--lines", str(a.lines), "--resources", str(a.resources), "--state-every", str(a.state_every)]
         main_extra = "".join(f"{k} = {v}\n" for k, v in (("replay_buffer", a.replay_buffer),
-                                                         ("parser_queue", a.parser_queue)) if v)
+                                                         ("parser_queue", a.parser_queue),
+                                                         ("replay_buffer_bytes", a.replay_buffer_bytes),
+                                                         ("parser_queue_bytes", a.parser_queue_bytes)) if v)
         self.config.write_text(f"""\
 [main]
 runtime_dir = {toml_str(str(self.runtime))}
@@ -251,8 +253,10 @@ def main() -> int:
         p.add_argument("--resources", type=int, default=4)
         p.add_argument("--state-every", type=int, default=1000, help="a state change every N lines (0: never)")
     g.add_argument("--block", type=int, default=6000, help="change lines generated once and printed again and again")
-    ap.add_argument("--replay-buffer", type=int, default=2000, help="main.replay_buffer (0: busd's default)")
-    ap.add_argument("--parser-queue", type=int, default=4000, help="main.parser_queue (0: busd's default)")
+    ap.add_argument("--replay-buffer", type=int, default=0, help="main.replay_buffer (0: busd's default)")
+    ap.add_argument("--replay-buffer-bytes", type=int, default=0, help="main.replay_buffer_bytes (0: busd's default)")
+    ap.add_argument("--parser-queue-bytes", type=int, default=0, help="main.parser_queue_bytes (0: busd's default)")
+    ap.add_argument("--parser-queue", type=int, default=0, help="main.parser_queue (0: busd's default)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = ap.parse_args()
     if a.mode == "generate":

@@ -25,7 +25,7 @@ from bus.event import KINDS, WireEvent, check_wire, decode_wire, new_event_id, n
 from bus.exceptions import EventError
 from bus.filter import Filter
 from bus.log import get_logger
-from bus.protocol import MAX_FRAME, SEQ
+from bus.protocol import MAX_FRAME, QUEUE_BYTES, REPLAY_BYTES, SEQ
 from bus.zsock import NOBLOCK, has_message, recv_message, send_message
 
 __all__ = ["Broker"]
@@ -41,6 +41,9 @@ _STALLED_AFTER = 10.0
 """Seconds without an acknowledgement after which a parser with events in flight is stalled."""
 _PUB_RUN_MAX = 1000
 _DELIVERY_MAX = 500
+_DELIVERY_BYTES = 1 << 20
+"""A delivery or a published message holds at most this many bytes of events (but always one): big events
+travel in smaller messages, so a message never costs the broker much memory."""
 _REPLAY_REPLY_MAX = 5000
 _ROUTES_MAX = 10_000
 
@@ -136,10 +139,14 @@ class RecentIds:
 class ParserLink:
     """Events routed to one parser: kept until the parser acknowledges them."""
 
-    def __init__(self, name: str, flt: Filter, capacity: int, counters: Counters) -> None:
+    def __init__(self, name: str, flt: Filter, capacity: int, counters: Counters,
+                 max_bytes: int = QUEUE_BYTES) -> None:
         self.name = name
         self.filter = flt
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        """Bytes of the events kept (waiting and in flight)."""
         self.counters = counters
         self.in_flight: deque[tuple[int, bytes]] = deque()
         """Delivered, not acknowledged yet (oldest first)."""
@@ -162,11 +169,15 @@ class ParserLink:
         return len(self.in_flight) + len(self.waiting)
 
     def enqueue(self, data: bytes) -> None:
-        """Keep ``data`` for delivery; when full, drop the oldest event not yet sent."""
-        if len(self.waiting) + len(self.in_flight) >= self.capacity:  # not len(self): per event, a call less
-            (self.waiting or self.in_flight).popleft()
-            self.counters.drop("parser_queue_full", error=f"queue of {self.capacity} events full")
+        """Keep ``data`` for delivery; when full (events or bytes), drop the oldest event not yet sent."""
+        size = len(data)
+        while (len(self.waiting) + len(self.in_flight) >= self.capacity  # not len(self): per event, a call less
+               or self.nbytes + size > self.max_bytes) and (self.waiting or self.in_flight):
+            self.nbytes -= len((self.waiting or self.in_flight).popleft()[1])
+            self.counters.drop("parser_queue_full",
+                               error=f"queue of {self.capacity} events or {self.max_bytes} bytes full")
         self.waiting.append((self.next_dseq, data))
+        self.nbytes += size
         self.next_dseq += 1
 
     def requeue(self) -> None:
@@ -186,16 +197,20 @@ class ParserLink:
     def ack(self, upto: int) -> int:
         """Forget every event up to delivery number ``upto``; return how many were acknowledged."""
         n = 0
+        freed = 0
         q = self.in_flight
         while q and q[0][0] <= upto:
-            q.popleft()
+            freed += len(q.popleft()[1])
             n += 1
+        self.nbytes -= freed
         self.counters.events_out += n
         self.last_progress = time.monotonic()
         return n
 
-    def backlog(self, now: float) -> int:
-        """Return how many events wait for this parser, or 0 if it cannot be waited for.
+    def backlog(self, now: float, limit: int) -> float:
+        """Return how full this parser's queue is, 1.0 at the point producers are held back; 0 if it cannot be waited for.
+
+        Full is ``limit`` events or half of ``max_bytes``, whichever comes first.
 
         A parser is waited for while it starts or restarts, but one without progress for
         ``_STALLED_AFTER`` seconds (down, or connected and silent with events in flight) must not
@@ -210,8 +225,11 @@ class ParserLink:
         # a parser that holds many events in flight (it correlates, see Parser.hold) is working, not
         # congested: in-flight events do not count up to half the capacity, less room for the
         # batches admitted before producers are held (the queue must not overflow meanwhile)
+        if stalled:
+            return 0.0
         allowance = max(0, self.capacity // 2 - 2 * _DELIVERY_MAX)
-        return 0 if stalled else len(self) - min(len(self.in_flight), allowance)
+        events = len(self) - min(len(self.in_flight), allowance)
+        return max(events / limit, 2 * self.nbytes / self.max_bytes)
 
     def deliveries(self) -> Iterable[bytes]:
         """Yield delivery frames for what the window allows."""
@@ -220,32 +238,47 @@ class ParserLink:
             self.last_progress = time.monotonic()  # an idle parser gets work: the stall clock starts now
         while self.peer is not None and waiting and len(in_flight) < self.window:
             n = min(self.window - len(in_flight), _DELIVERY_MAX, len(waiting))
-            batch = [waiting.popleft() for _ in range(n)]
+            batch: list[tuple[int, bytes]] = []
+            size = 0
+            while len(batch) < n and (not batch or size + len(waiting[0][1]) <= _DELIVERY_BYTES):
+                item = waiting.popleft()
+                size += len(item[1])
+                batch.append(item)
             in_flight.extend(batch)
             yield protocol.pack_with_events({"op": "events", "upto": batch[-1][0]}, [d for _, d in batch])
 
     def as_dict(self) -> dict[str, Any]:
         """Return the delivery state (for ``busctl status``)."""
         return {"pending": len(self), "in_flight": self.sent, "connected": self.peer is not None,
-                "redelivered": self.redelivered}
+                "redelivered": self.redelivered, "bytes": self.nbytes}
 
 
 class Stream:
-    """Published events of one kind: sequence numbers and the bounded replay ring."""
+    """Published events of one kind: sequence numbers and the replay ring, bounded in events and bytes."""
 
-    def __init__(self, kind: str, size: int) -> None:
+    def __init__(self, kind: str, size: int, max_bytes: int = REPLAY_BYTES) -> None:
         self.kind = kind
         self.seq = 0
-        self.ring: deque[bytes] = deque(maxlen=size)  # the encoded events; seq of ring[i] is first() + i
+        self.size = size
+        self.max_bytes = max_bytes
+        self.ring: deque[bytes] = deque()  # the encoded events; seq of ring[i] is first() + i
+        self.nbytes = 0
+        """Bytes in the ring; the broker adds to it as it appends, and calls :meth:`trim` after a batch."""
+
+    def trim(self) -> None:
+        """Forget the oldest events beyond ``size`` events or ``max_bytes`` bytes (the newest is always kept)."""
+        ring = self.ring
+        while len(ring) > self.size or (self.nbytes > self.max_bytes and len(ring) > 1):
+            self.nbytes -= len(ring.popleft())
 
     def first(self) -> int:
         """Return the oldest sequence number still in the ring (``seq + 1`` when empty)."""
         return self.seq - len(self.ring) + 1
 
-    def resize(self, size: int) -> None:
-        """Change the ring's size, keeping the newest events."""
-        if size != self.ring.maxlen:
-            self.ring = deque(self.ring, maxlen=size)
+    def resize(self, size: int, max_bytes: int) -> None:
+        """Change the ring's bounds, keeping the newest events."""
+        self.size, self.max_bytes = size, max_bytes
+        self.trim()
 
     def replay(self, start: int, end: int) -> tuple[list[bytes], int, tuple[int, int] | None]:
         """Return ``(events, first_seq, gap)`` for ``start..end``; ``gap`` is what fell out of the ring."""
@@ -281,13 +314,15 @@ class Broker:
     """
 
     def __init__(self, runtime_dir: str, hostname: str, *, replay_buffer: int = 100_000,
-                 parser_queue: int = 100_000, dedup_window: int = 50_000) -> None:
+                 parser_queue: int = 100_000, dedup_window: int = 50_000,
+                 replay_buffer_bytes: int = REPLAY_BYTES, parser_queue_bytes: int = QUEUE_BYTES) -> None:
         self.runtime_dir = Path(runtime_dir)
         self.hostname = hostname
         self.parser_queue = parser_queue
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._watched: dict[zmq.Socket[bytes], tuple[Callable[[], None], bool]] = {}
-        self.streams = {kind: Stream(kind, replay_buffer) for kind in KINDS}
+        self.streams = {kind: Stream(kind, replay_buffer, replay_buffer_bytes) for kind in KINDS}
+        self.parser_queue_bytes = parser_queue_bytes
         self.counters: dict[str, Counters] = {}
         self.producer_types: dict[str, str] = {}
         self.parsers: dict[str, ParserLink] = {}
@@ -302,7 +337,9 @@ class Broker:
         self._background: set[asyncio.Task[None]] = set()
         self._input_peers: dict[bytes, str] = {}
         self._flowing = True
-        self._held: deque[tuple[list[bytes], dict[str, Any]]] = deque()
+        # held publish requests: envelope, a map with only the request's id, and the frame itself (not
+        # its decoded events: kept encoded while held, a held batch costs its bytes, not a few times more)
+        self._held: deque[tuple[list[bytes], dict[str, Any], bytes]] = deque()
         self.held_back = 0
         self.started = time.time()
         # sequence numbers restart at 1 with each broker; the epoch tells subscribers which run
@@ -403,8 +440,8 @@ class Broker:
         while True:
             await asyncio.sleep(0.5)
             self._update_flow()
-            for envelope, msg in self._held:
-                self._reply(envelope, msg, {"ok": True, "pending": True})
+            for envelope, rid, _ in self._held:
+                self._reply(envelope, rid, {"ok": True, "pending": True})
             self._recheck()
 
     def _update_flow(self) -> bool:
@@ -412,28 +449,28 @@ class Broker:
 
         Returns whether producers may go on.
         """
-        limit = min(_CONGESTED, self.parser_queue // 2)
         backlog = self._backlog()
-        if self._flowing and backlog > limit:
+        if self._flowing and backlog > 1.0:
             self._flowing = False
-            log.info("flow_held", backlog=backlog)
-        elif not self._flowing and backlog <= limit // 2:
+            log.info("flow_held", backlog=round(backlog, 3))
+        elif not self._flowing and backlog <= 0.5:
             self._flowing = True
-            log.info("flow_resumed", backlog=backlog, held=len(self._held))
+            log.info("flow_resumed", backlog=round(backlog, 3), held=len(self._held))
             for drain, producer in self._watched.values():
                 if producer:
                     self._loop.call_soon(drain)
         while self._held and self._flowing:
-            envelope, msg = self._held.popleft()
-            self._reply(envelope, msg, self._op_publish(msg))
+            envelope, rid, frame = self._held.popleft()
+            self._reply(envelope, rid, self._op_publish(_decode_batch(frame) or protocol.unpackb(frame)))
             self._send()
-            self._flowing = self._backlog() <= limit
+            self._flowing = self._backlog() <= 1.0
         return self._flowing
 
-    def _backlog(self) -> int:
-        """Return the largest queue of a parser the bus waits for."""
+    def _backlog(self) -> float:
+        """Return how full the fullest queue of a parser the bus waits for is (1.0: hold producers back)."""
         now = time.monotonic()
-        return max((link.backlog(now) for link in self.parsers.values()), default=0)
+        limit = max(1, min(_CONGESTED, self.parser_queue // 2))
+        return max((link.backlog(now, limit) for link in self.parsers.values()), default=0.0)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -464,7 +501,7 @@ class Broker:
             if ptype == "parser":
                 link = self.parsers.get(name)
                 if link is None:
-                    self.parsers[name] = ParserLink(name, flt, self.parser_queue, counters)
+                    self.parsers[name] = ParserLink(name, flt, self.parser_queue, counters, self.parser_queue_bytes)
                 else:
                     link.filter = flt
             if ptype == "receiver" and name not in self.receivers:
@@ -480,13 +517,16 @@ class Broker:
                 del self.producer_types[name]
         self._routes.clear()
 
-    def resize(self, replay_buffer: int, parser_queue: int, dedup_window: int) -> None:
+    def resize(self, replay_buffer: int, parser_queue: int, dedup_window: int,
+               replay_buffer_bytes: int = REPLAY_BYTES, parser_queue_bytes: int = QUEUE_BYTES) -> None:
         """Apply new buffer sizes from a reloaded configuration."""
         for stream in self.streams.values():
-            stream.resize(replay_buffer)
+            stream.resize(replay_buffer, replay_buffer_bytes)
         self.parser_queue = parser_queue
+        self.parser_queue_bytes = parser_queue_bytes
         for link in self.parsers.values():
             link.capacity = parser_queue
+            link.max_bytes = parser_queue_bytes
         self._seen.window = dedup_window
 
     def plugin_stopped(self, name: str) -> None:
@@ -573,11 +613,14 @@ class Broker:
             stream, topic, targets = route
             stream.seq += 1
             stream.ring.append(data)
+            stream.nbytes += len(data)
             pending.append((topic, stream.seq, data))
             for link, contains in targets:
                 if contains is None or any(word in msg for word in contains):
                     link.enqueue(data)
         counters.events_in += accepted
+        for stream in self.streams.values():
+            stream.trim()
         return accepted, rejected
 
     def _route(self, key: tuple[str, str, str, str, str]) -> tuple[Stream, bytes, tuple[tuple[ParserLink, Any], ...]]:
@@ -610,9 +653,12 @@ class Broker:
             pub = self.pub
             i, n = 0, len(pending)
             while i < n:
-                topic, first, _ = pending[i]
+                topic, first, data = pending[i]
+                size = len(data)
                 j = i + 1
-                while j < n and j - i < _PUB_RUN_MAX and pending[j][0] == topic:
+                while (j < n and j - i < _PUB_RUN_MAX and pending[j][0] == topic
+                       and size + len(pending[j][2]) <= _DELIVERY_BYTES):
+                    size += len(pending[j][2])
                     j += 1
                 send_message(pub, [topic, SEQ.pack(first), protocol.pack_array([p[2] for p in pending[i:j]])], NOBLOCK)
                 i = j
@@ -692,7 +738,7 @@ class Broker:
                 return
             if op == "publish" and (self._held or not self._update_flow()):
                 # held back: the reply (the acknowledgement) comes when the parsers catch up
-                self._held.append((envelope, msg))
+                self._held.append((envelope, {"id": msg["id"]} if "id" in msg else {}, frame))
                 self.held_back += 1
                 reply = {"ok": True, "pending": True}
             elif op == "publish":

@@ -20,7 +20,7 @@ from typing import Any
 from bus.exceptions import ConfigError
 from bus.filter import Filter, FilterError
 from bus.log import LEVELS
-from bus.protocol import IPC_PATH_MAX
+from bus.protocol import IPC_PATH_MAX, QUEUE_BYTES, REPLAY_BYTES
 
 __all__ = [
     "PLUGIN_TYPES",
@@ -101,7 +101,11 @@ _MAIN_OPTIONS: dict[str, Option] = {
     "log_level": Option(str, "info", "daemon log level", LEVELS),
     "include": Option(list, [], "globs of snippets, relative to the main file"),
     "replay_buffer": Option(int, 100_000, "published events kept per kind for replay"),
+    "replay_buffer_bytes": Option(int, REPLAY_BYTES, "bytes of published events kept per kind for replay "
+                                                    "(whichever bound comes first)"),
     "parser_queue": Option(int, 100_000, "events kept per parser until acknowledged"),
+    "parser_queue_bytes": Option(int, QUEUE_BYTES, "bytes of events kept per parser until acknowledged "
+                                                   "(producers are held back at half)"),
     "dedup_window": Option(int, 50_000, "recent event ids remembered to drop resends"),
     "restart_delay": Option(float, 0.5, "first restart delay of a crashed plugin, seconds"),
     "restart_delay_max": Option(float, 30.0, "longest restart delay, seconds"),
@@ -134,7 +138,9 @@ class MainConfig:
     hostname: str
     log_level: str = "info"
     replay_buffer: int = 100_000
+    replay_buffer_bytes: int = REPLAY_BYTES
     parser_queue: int = 100_000
+    parser_queue_bytes: int = QUEUE_BYTES
     dedup_window: int = 50_000
     restart_delay: float = 0.5
     restart_delay_max: float = 30.0

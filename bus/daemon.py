@@ -37,7 +37,9 @@ class Daemon:
         self.config = config
         self.broker = Broker(config.main.runtime_dir, config.main.hostname,
                              replay_buffer=config.main.replay_buffer, parser_queue=config.main.parser_queue,
-                             dedup_window=config.main.dedup_window)
+                             dedup_window=config.main.dedup_window,
+                             replay_buffer_bytes=config.main.replay_buffer_bytes,
+                             parser_queue_bytes=config.main.parser_queue_bytes)
         self.supervisor = Supervisor(config.main, self.broker.plugin_stopped)
         self.stopping = asyncio.Event()
         self.reloads = 0
@@ -121,7 +123,8 @@ class Daemon:
             self.config = new
             self.supervisor.main = new.main
             self.broker.hostname = new.main.hostname
-            self.broker.resize(new.main.replay_buffer, new.main.parser_queue, new.main.dedup_window)
+            self.broker.resize(new.main.replay_buffer, new.main.parser_queue, new.main.dedup_window,
+                               new.main.replay_buffer_bytes, new.main.parser_queue_bytes)
             self.broker.set_plugins(self._plugin_map(new))
             configure(new.main.log_level)
             for name in (*changed, *added):

@@ -39,6 +39,11 @@ MAX_FRAME = 8 * 1024 * 1024
 HARD_MAX_FRAME = 64 * 1024 * 1024
 """ZeroMQ's own limit (``MAXMSGSIZE``): a peer sending more is disconnected by libzmq."""
 IPC_PATH_MAX = 107
+REPLAY_BYTES = 8 * 2**20
+"""Default byte bound of the replay ring of each kind (``main.replay_buffer_bytes``): about 25 000 events of
+330 bytes, or 900 DRBD batches of 70 lines."""
+QUEUE_BYTES = 16 * 2**20
+"""Default byte bound of a parser's queue (``main.parser_queue_bytes``); producers are held back at half."""
 
 CONTROL = "control.sock"
 INPUT = "input.sock"

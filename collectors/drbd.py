@@ -99,8 +99,8 @@ BATCH_LINES = 128
 """Most lines in one batch event."""
 BATCH_BYTES = 16384
 """Most characters of lines in one batch event: busd's queues count events, so an event stays small."""
-PUBLISH_BATCH = 64
-"""Most events in one publish request (64 batches of 16 KiB stay far below busd's 8 MiB frame limit)."""
+PUBLISH_BATCH = 16
+"""Most events in one publish request: 16 batches of up to 16 KiB keep what busd holds per request small."""
 TEMPLATE_KEY = 64
 """Characters after the timestamp that pick a line's templates (drbdsetup prints statistics after them)."""
 TEMPLATES_MAX = 4096
