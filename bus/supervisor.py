@@ -33,6 +33,14 @@ _LINE_LIMIT = 1024 * 1024
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # uvloop's spawn leaves copies of busd's own stdio (and any other descriptor without
+    # close-on-exec) open in the child; a plugin gets 0, 1 and 2 only. Closing them here would
+    # break uvloop's own set-up after this hook, so they are only marked to close at exec.
+    with contextlib.suppress(Exception):
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) > 2:
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(int(name), False)
 
 
 @dataclass

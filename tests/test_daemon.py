@@ -48,6 +48,15 @@ def test_sockets_are_not_world_accessible(bus: Bus) -> None:
     assert len(socks) == 4 and all(s.stat().st_mode & 0o777 == 0o660 for s in socks)
 
 
+def test_plugins_get_only_stdin_stdout_and_stderr(bus: Bus) -> None:
+    """No descriptor of busd leaks into a plugin (uvloop's spawn left copies of busd's stdio open)."""
+    bus.write({"c": {"type": "collector", "exec": ["sleep", "1000"]}})
+    bus.start()
+    pid = wait_for(lambda: bus.plugin("c")["pid"], what="plugin started")
+    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+    assert fds == [0, 1, 2], {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+
+
 def test_plugin_that_exits_cleanly_is_restarted_never_failed(bus: Bus) -> None:
     """A one-shot plugin exiting 0 is restarted with backoff (SPEC), and never marked failed."""
     emit = BIN / "bus-emit"
