@@ -431,8 +431,26 @@ def reference(n: int, rate: float, *, cpu_window: float = 0.0, idle: float = 2.0
             out["cpu_pct"] = 100 * busy / (tb - ta)
             out["cpu_per_10k"] = busy / ((tb - ta) * rate) * 10_000
             out["cpu_parts"] = cpu_breakdown(cpu_delta(a, b), tb - ta)
+        last: dict[str, float] = {}
+        stop = threading.Event()
+        if not cpu_window:  # full speed: the CPU of each process, read until it exits (then it stays)
+            watched = {r: psutil.Process(p.pid) for r, p in procs.items()}
+
+            def sample() -> None:
+                while not stop.is_set():
+                    for r, proc in watched.items():
+                        try:
+                            last[r] = sum(proc.cpu_times()[:2])
+                        except psutil.Error:
+                            pass
+                    stop.wait(0.01)
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
         procs["collector"].wait(n / max(rate, 1000) + 120)
         procs["receiver"].wait(60 + n / 5000)
+        stop.set()
+        if last:
+            out["cpu_per_10k_full"] = {r: 10_000 * v / n for r, v in last.items()}
         c = json.loads((d / "collector.json").read_text())
         r = json.loads((d / "receiver.json").read_text())
         emitted, seen = read_ids(d / "collector.ids"), read_ids(d / "receiver.ids")
@@ -603,6 +621,10 @@ def main() -> int:
             say(f"[3] reference, full speed, N={n}: {ref.get('rate', 0):,.0f} events/s   lost {ref['lost']} of {n}"
                 f"   duplicates {ref['duplicates']}   (collector sent at {ref['emit_rate']:,.0f}/s)")
             say(f"    latency during full speed: {lat_line(ref['lat'])}")
+            per = ref.get("cpu_per_10k_full") or {}
+            if per:
+                say(f"    CPU-s per 10 000 events at full speed: {sum(per.values()):.3f} ["
+                    + ", ".join(f"{k} {v:.3f}" for k, v in per.items()) + "]")
         for rate in (1000.0, 5000.0):
             n = int(rate * min(secs, 6.0))
             rr = R[f"ref_paced_{int(rate)}"] = reference(n, rate, cpu_window=min(secs, 6.0) - 2)

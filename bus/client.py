@@ -220,6 +220,7 @@ class Publisher:
         self._space.set()
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._sent = asyncio.Event()  # set while requests are in flight: the resend loop sleeps otherwise
         self.on_acked: Callable[[list[Event]], None] | None = None
         self._acked_early: dict[int, list[Event]] = {}
         client.on_pending = self._on_pending
@@ -300,6 +301,7 @@ class Publisher:
             self._last_send = now = time.monotonic()
             self.inflight[rid] = (msg, fut, now)
             fut.add_done_callback(functools.partial(self._on_ack, rid))
+            self._sent.set()
         if len(self.inflight) >= self.window:
             self._space.clear()
 
@@ -331,8 +333,14 @@ class Publisher:
             self.on_acked(self._acked_early.pop(done))
 
     async def _resend_loop(self) -> None:
-        """Resend everything unacknowledged (on a fresh socket) when the oldest waited too long."""
+        """Resend everything unacknowledged (on a fresh socket) when the oldest waited too long.
+
+        With nothing in flight it waits for the next send instead of waking: an idle producer costs nothing.
+        """
         while True:
+            if not self.inflight:
+                self._sent.clear()
+                await self._sent.wait()
             await asyncio.sleep(self.ack_timeout / 4)
             now = time.monotonic()
             if self.inflight and now - next(iter(self.inflight.values()))[2] > self.ack_timeout:
@@ -404,13 +412,15 @@ class Subscriber:
         kinds: which kinds to receive (``raw``, ``synthetic``).
         plugin: a configured receiver's name: resumes where its last run stopped. ``None``: live.
         last: for an anonymous subscriber, start this many events back in the replay buffer.
-        progress_interval: seconds between progress reports and head checks.
+        progress_interval: seconds between progress reports and head checks while events flow;
+            on a quiet bus the interval doubles with each quiet report, up to ``idle_interval``.
         decode: turns a published array of events into a list; plain maps by default
             (:func:`bus.event.decode_wire` gives typed events, for a caller that only re-encodes them).
     """
 
     def __init__(self, events_endpoint: str, control: ControlClient, kinds: tuple[str, ...] = ("synthetic",),
                  *, plugin: str | None = None, last: int = 0, progress_interval: float = 0.25,
+                 idle_interval: float = 5.0,
                  decode: Callable[[bytes], Any] = protocol.unpackb) -> None:
         self.control = control
         self.decode = decode
@@ -418,6 +428,9 @@ class Subscriber:
         self.plugin = plugin
         self.last = last
         self.progress_interval = progress_interval
+        self.idle_interval = max(idle_interval, progress_interval)
+        self._interval = progress_interval
+        self._reported = (-1, -1)  # (received, handled) at the last report
         self.sub = control.zctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)
@@ -499,11 +512,19 @@ class Subscriber:
         return out
 
     async def _progress(self, force: bool = False) -> None:
-        """Report what was handled (at most every ``progress_interval``) and learn the head."""
+        """Report what was handled (at most every ``progress_interval``) and learn the head.
+
+        Nothing new since the last report doubles the interval (up to ``idle_interval``), so an idle
+        receiver wakes a few times a minute rather than four times a second; any event resets it.
+        """
         now = time.monotonic()
-        if not force and now - self._last_progress < self.progress_interval:
+        if not force and now - self._last_progress < self._interval:
             return
         self._last_progress = now
+        moved = (self.stats["received"], self.stats["handled"])
+        self._interval = (self.progress_interval if moved != self._reported
+                          else min(2 * self._interval, self.idle_interval))
+        self._reported = moved
         try:
             reply = await self.control.request({"op": "progress", "plugin": self.plugin,
                                                 "acked": dict(self.done_seq), "stats": self.stats}, timeout=2)
@@ -550,7 +571,7 @@ class Subscriber:
             while True:
                 out: list[Run] = []
                 frames_read = 0
-                if await ready.wait(self.progress_interval):
+                if await ready.wait(self._interval):
                     while frames_read < 1000 and has_message(sub):
                         frames = recv_message(sub)
                         frames_read += 1
@@ -575,6 +596,8 @@ class Subscriber:
                         if skip < n:
                             out.append(Run(kind, first, events) if skip <= 0 else Run(kind, nxt, events[skip:]))
                             nexts[kind] = first + n
+                if frames_read:
+                    self._interval = self.progress_interval  # events flow again: report promptly
                 if out:
                     yield out
                 await self._progress()
