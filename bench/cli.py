@@ -33,7 +33,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BUSD, PY, ROOT, say, toml_str, wait_for
+from run import BUSD, PY, ROOT, save_rows, say, toml_str, wait_for
 
 BIN = Path(PY).parent
 
@@ -267,6 +267,10 @@ def main() -> int:
         say(f"  {'PASS' if r['ratio'] >= 1.5 else 'FAIL'} command line, N={n}: busd {r['best']:,.0f} events/s "
             f"(lossless), bare {r['reference_best']:,.0f} events/s: {r['ratio']:.2f}x (target >= 1.5x)")
     (work / "result.json").write_text(json.dumps({str(n): r for n, r in results.items()}))
+    save_rows("cli", "command line: JSON Lines -> bus-emit -> busd -> bus-tail --json (bench/cli.py)",
+              "bare pyzmq", [row for n, r in results.items() for row in (
+                  (f"N={n}: events/s, zero loss", f"{r['best']:,.0f}", f"{r['reference_best']:,.0f}", "-", None),
+                  (f"N={n}: busd / bare", f"{r['ratio']:.2f}x", "1.00x", ">= 1.5x", r["ratio"] >= 1.5))])
     say(f"  (results in {work / 'result.json'})")
     return 0
 

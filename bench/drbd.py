@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BUSD, PY, ROOT, RssSampler, Tree, cpu_delta, mb, say, toml_str, wait_for
+from run import BUSD, PY, ROOT, RssSampler, Tree, cpu_delta, mb, save_rows, say, toml_str, wait_for
 
 sys.path.insert(0, str(ROOT))
 from bus import protocol
@@ -311,7 +311,9 @@ def main() -> int:
         say(f"  {'':22} {'busd':>16} {'drbd-reactor 1.11':>18} {'target':>12}")
         for label, ours, theirs, target, ok in rows:
             say(f"  {label:22} {ours:>16} {theirs:>18} {target:>12}  {ok}")
-        return 0 if all(r[4] == "PASS" for r in rows) else 1
+        save_rows("drbd", "DRBD: events2 lines, drbd collector -> parser -> prometheus (bench/drbd.py)",
+                  "drbd-reactor 1.11", [(label, ours, theirs, target, ok == "PASS") for label, ours, theirs, target, ok in rows])
+        return 0
     finally:
         run.stop()
         if not a.keep:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -100,6 +101,22 @@ def toml_str(s: str) -> str:
 
 # -- process-tree measurements --------------------------------------------------------------------------
 
+def cpu_seconds(p: psutil.Process) -> float:
+    """Time ``p`` has been on a CPU (all its threads): ``/proc/PID/task/*/schedstat``, else psutil."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{p.pid}/task"):
+            with open(f"/proc/{p.pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+
 class Tree:
     """busd and its plugin processes, by role."""
 
@@ -121,13 +138,13 @@ class Tree:
         return out
 
     def cpu(self) -> dict[str, float]:
+        """CPU seconds of each process, from the scheduler's nanosecond counters where it has them.
+
+        psutil's user+system times tick in 10 ms steps, too coarse for an idle bus (a few ms per second).
+        """
         out = {}
         for role, p in self.all().items():
-            try:
-                t = p.cpu_times()
-                out[role] = t.user + t.system
-            except psutil.Error:
-                out[role] = 0.0
+            out[role] = cpu_seconds(p)
         return out
 
     def rss(self) -> dict[str, int]:
@@ -174,7 +191,7 @@ class RssSampler(threading.Thread):
 class BusRun:
     """A busd started on a generated configuration, with the bench collector, parser and receiver."""
 
-    def __init__(self, label: str, phases: list[dict[str, float]]) -> None:
+    def __init__(self, label: str, phases: list[dict[str, float]], *, linger: float | None = None) -> None:
         self.label = label
         self.phases = phases
         self.dir = Path(tempfile.mkdtemp(prefix="bus", dir="/tmp"))
@@ -196,6 +213,7 @@ type = "collector"
 exec = [{toml_str(PY)}, {toml_str(str(plugins / "collector.py"))}]
 out = {toml_str(str(self.out))}
 phases = [{phase_toml}]
+{f"publish_linger = {linger}" if linger else ""}
 
 [plugins.pass]
 type = "parser"
@@ -404,7 +422,8 @@ def full_phase_report(s: dict[str, Any]) -> None:
 
 # -- the reference pipeline ---------------------------------------------------------------------------------
 
-def reference(n: int, rate: float, *, cpu_window: float = 0.0, idle: float = 2.0) -> dict[str, Any]:
+def reference(n: int, rate: float, *, cpu_window: float = 0.0, idle: float = 2.0,
+              measure_idle: float = 0.0) -> dict[str, Any]:
     """Run the bare pipeline once; with ``cpu_window``, measure its CPU over that many steady seconds."""
     d = Path(tempfile.mkdtemp(prefix="bus", dir="/tmp"))
     ref = str(BENCH / "reference.py")
@@ -415,14 +434,22 @@ def reference(n: int, rate: float, *, cpu_window: float = 0.0, idle: float = 2.0
             procs[role] = subprocess.Popen([PY, ref, role, *common], stdin=subprocess.DEVNULL)
         if not wait_for(lambda: all((d / f"{r}.ready").exists() for r in ("broker", "parser", "receiver")), 20):
             raise SystemExit("reference pipeline did not start")
+        out: dict[str, Any] = {}
+        if measure_idle:
+            idle_ps = {r: psutil.Process(p.pid) for r, p in procs.items()}
+            time.sleep(1.0)
+            a0, ta = {r: cpu_seconds(p) for r, p in idle_ps.items()}, time.monotonic()
+            time.sleep(measure_idle)
+            a1, tb = {r: cpu_seconds(p) for r, p in idle_ps.items()}, time.monotonic()
+            out["idle_cpu"] = 100 * (sum(a1.values()) - sum(a0.values())) / (tb - ta)
+            out["idle_rss"] = {r: p.memory_info().rss for r, p in idle_ps.items()}
         time.sleep(0.3)
         procs["collector"] = subprocess.Popen([PY, ref, "collector", *common], stdin=subprocess.DEVNULL)
-        out: dict[str, Any] = {}
         if cpu_window:
             ps = {r: psutil.Process(p.pid) for r, p in procs.items()}
 
             def cpu() -> dict[str, float]:
-                return {r: sum(p.cpu_times()[:2]) for r, p in ps.items()}
+                return {r: cpu_seconds(p) for r, p in ps.items()}
             time.sleep(1.3)   # the collector connects (0.3 s), then one second into the traffic
             a, ta = cpu(), time.monotonic()
             time.sleep(cpu_window)
@@ -432,6 +459,7 @@ def reference(n: int, rate: float, *, cpu_window: float = 0.0, idle: float = 2.0
             out["cpu_per_10k"] = busy / ((tb - ta) * rate) * 10_000
             out["cpu_parts"] = cpu_breakdown(cpu_delta(a, b), tb - ta)
         last: dict[str, float] = {}
+        peak: dict[str, int] = {}
         stop = threading.Event()
         if not cpu_window:  # full speed: the CPU of each process, read until it exits (then it stays)
             watched = {r: psutil.Process(p.pid) for r, p in procs.items()}
@@ -439,10 +467,11 @@ def reference(n: int, rate: float, *, cpu_window: float = 0.0, idle: float = 2.0
             def sample() -> None:
                 while not stop.is_set():
                     for r, proc in watched.items():
-                        try:
-                            last[r] = sum(proc.cpu_times()[:2])
-                        except psutil.Error:
-                            pass
+                        v = cpu_seconds(proc)
+                        if v:  # 0 once the process is gone: keep its last reading
+                            last[r] = v
+                        with contextlib.suppress(psutil.Error):
+                            peak[r] = max(peak.get(r, 0), proc.memory_info().rss)
                     stop.wait(0.01)
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
@@ -451,6 +480,7 @@ def reference(n: int, rate: float, *, cpu_window: float = 0.0, idle: float = 2.0
         stop.set()
         if last:
             out["cpu_per_10k_full"] = {r: 10_000 * v / n for r, v in last.items()}
+            out["peak_rss"] = peak
         c = json.loads((d / "collector.json").read_text())
         r = json.loads((d / "receiver.json").read_text())
         emitted, seen = read_ids(d / "collector.ids"), read_ids(d / "receiver.ids")
@@ -613,11 +643,23 @@ def main() -> int:
         run.stop()
         run.cleanup(a.keep)
 
+    # ---------------------------------------------------------------- busd, low latency
+    say("\n=== busd, collector with publish_linger = 0.001 (latency before CPU) ===")
+    run = BusRun("busd-linger", [{"count": int(1000 * secs), "rate": 1000}], linger=0.001)
+    try:
+        tree = run.start()
+        time.sleep(1.0)
+        s = R["paced_1000_linger"] = paced_phase(run, tree, 0, 1000.0, secs)
+        paced_report(1000.0, s)
+    finally:
+        run.stop()
+        run.cleanup(a.keep)
+
     # ---------------------------------------------------------------- reference
     if not a.no_reference:
         say("\n=== reference: bare pyzmq + msgpack, 4 processes, one message per event ===")
         for n in (a.n_small, a.n):
-            ref = R[f"ref_{n}"] = reference(n, 0)
+            ref = R[f"ref_{n}"] = reference(n, 0, measure_idle=a.idle if n == a.n_small else 0.0)
             say(f"[3] reference, full speed, N={n}: {ref.get('rate', 0):,.0f} events/s   lost {ref['lost']} of {n}"
                 f"   duplicates {ref['duplicates']}   (collector sent at {ref['emit_rate']:,.0f}/s)")
             say(f"    latency during full speed: {lat_line(ref['lat'])}")
@@ -648,7 +690,6 @@ def summary(a: argparse.Namespace, R: dict[str, Any]) -> None:
             + f", lost {s['lost']} of {s['n']}" + ("  [publisher stall]" if publisher_stalled(s) else ""))
     lossless = [(label, s) for label, s in cands if s and "rate" in s and s["lost"] == 0 and s["collector_done"]]
     best_label, best = max(lossless, key=lambda x: x[1]["rate"], default=("none", {}))
-    big = [s for label, s in cands if s and s["n"] == a.n]
     for rate in (1000, 5000):
         s = R.get(f"paced_{rate}", {})
         say(f"2. latency at {rate // 1000}k events/s: {lat_line(s.get('lat', []))}, lost {s.get('lost')}")
@@ -662,7 +703,7 @@ def summary(a: argparse.Namespace, R: dict[str, Any]) -> None:
         if rp:
             say(f"   reference at 1k events/s: {rp['cpu_pct']:.1f}% of one core, {rp['cpu_per_10k']:.3f} CPU-s per "
                 f"10 000 events; p99 latency at 5k {pct([x * 1000 for x in R['ref_paced_5000']['lat']], 99):.2f} ms")
-    p1, p5 = R.get("paced_1000", {}), R.get("paced_5000", {})
+    p1 = R.get("paced_1000", {})
     say(f"4. CPU per 10 000 events at 1k events/s: {p1.get('cpu_per_10k', nan):.3f} CPU-s "
         f"({p1.get('cpu_pct', nan):.1f}% of one core)")
     say(f"5. idle CPU: {R.get('idle_cpu', nan):.2f}% of one core fresh, {R.get('idle_cpu_after', nan):.2f}% after load")
@@ -674,22 +715,71 @@ def summary(a: argparse.Namespace, R: dict[str, Any]) -> None:
         say(f"   {role:9s} RSS: {mb(idle.get(role, 0))} idle fresh, {mb(load.get(role, 0))} max under load, "
             f"{mb(after.get(role, 0))} idle after load")
 
-    def verdict(ok: bool) -> str:
-        return "MET   " if ok else "MISSED"
-    say("\ntargets:")
-    big_ok = [s for s in big if "rate" in s and s["lost"] == 0 and s["collector_done"] and s["rate"] >= 50_000]
-    say(f"  {verdict(bool(big_ok))} >= 50k events/s end to end with zero loss: best lossless "
-        f"{best.get('rate', 0):,.0f}/s ({best_label}); N={a.n}: "
-        + "; ".join(f"{s.get('rate', 0):,.0f}/s lost {s['lost']}" for s in big))
-    p99 = pct([x * 1000 for x in p5.get("lat", [])], 99) if p5.get("lat") else float("inf")
-    say(f"  {verdict(p99 < 5 and p5.get('lost') == 0)} p99 < 5 ms at 5k events/s: {p99:.2f} ms")
-    cpu1k = p1.get("cpu_pct", float("inf"))
-    say(f"  {verdict(cpu1k < 20)} whole bus < 20% of one core at 1k events/s: {cpu1k:.1f}%")
-    idle_cpu = max(R.get("idle_cpu", float("inf")), R.get("idle_cpu_after", 0.0))
-    say(f"  {verdict(idle_cpu < 1.0)} ~0% CPU idle (< 1% of one core): {idle_cpu:.2f}%")
-    rss_idle = idle.get("busd", float("inf"))
-    say(f"  {verdict(rss_idle < 60 * 2**20)} idle RSS of busd < 60 MB: {mb(rss_idle)} fresh "
-        f"({mb(after.get('busd', 0))} idle after load, replay rings full)")
+    table(a, R, best, best_label)
+
+
+def _lat3(s: dict[str, Any] | None) -> str:
+    lat = [x * 1000 for x in (s or {}).get("lat", [])]
+    return f"{pct(lat, 50):.2f} / {pct(lat, 99):.2f} / {max(lat):.2f}" if lat else "-"
+
+
+def table(a: argparse.Namespace, R: dict[str, Any], best: dict[str, Any], best_label: str) -> None:
+    """busd and the bare reference side by side, with the targets of issue 12; also saved as JSON."""
+    nan = float("nan")
+    refs = [R[k] for k in R if k.startswith("ref_") and "paced" not in k]
+    ref_best = max(refs, key=lambda r: r.get("rate", 0), default={})
+    ratio = best.get("rate", 0) / ref_best["rate"] if ref_best.get("rate") else nan
+    p1, p5, pl = R.get("paced_1000", {}), R.get("paced_5000", {}), R.get("paced_1000_linger", {})
+    r1, r5 = R.get("ref_paced_1000", {}), R.get("ref_paced_5000", {})
+    ref_small = R.get(f"ref_{a.n_small}", {})
+    full = R.get(f"full_{a.n}", {})
+    ref_full = R.get(f"ref_{a.n}", {})
+    idle_cpu = max(R.get("idle_cpu", nan), R.get("idle_cpu_after", 0.0))
+    load_rss = R.get("load_rss", {})
+    lat1 = [x * 1000 for x in p1.get("lat", [])]
+    lat5 = [x * 1000 for x in p5.get("lat", [])]
+    p50_1k, p99_5k = (pct(lat1, 50) if lat1 else nan), (pct(lat5, 99) if lat5 else nan)
+    lost = sum(int(R.get(k, {}).get("lost") or 0) for k in R if k.startswith(("full_", "paced_")))
+
+    def cpu10k(per: dict[str, float] | None) -> str:
+        return f"{sum(per.values()):.3f}" if per else "-"
+    rows = [
+        ("end to end, full speed (events/s, best lossless)", f"{best.get('rate', 0):,.0f} ({best_label})",
+         f"{ref_best.get('rate', 0):,.0f}", ">= 50 000 and >= 1.5x",
+         best.get("rate", 0) >= 50_000 and ratio >= 1.5),
+        ("  busd / reference", f"{ratio:.2f}x", "1.00x", ">= 1.5x", ratio >= 1.5),
+        ("events lost (all phases)", str(lost), str(sum(int(r.get("lost") or 0) for r in refs)), "0", lost == 0),
+        ("CPU-s per 10 000 events at full speed", cpu10k(full.get("cpu_per_10k")),
+         cpu10k(ref_full.get("cpu_per_10k_full")), "-", None),
+        ("latency at 1k/s, p50 / p99 / max (ms)", _lat3(p1), _lat3(r1), "p50 < 2", p50_1k < 2),
+        ("latency at 5k/s, p50 / p99 / max (ms)", _lat3(p5), _lat3(r5), "p99 < 5", p99_5k < 5),
+        ("CPU at 1k/s (% of one core)", f"{p1.get('cpu_pct', nan):.1f}", f"{r1.get('cpu_pct', nan):.1f}", "< 20",
+         p1.get("cpu_pct", nan) < 20),
+        ("  publish_linger = 1 ms: latency at 1k/s (ms)", _lat3(pl), "", "p50 < 2", None),
+        ("  publish_linger = 1 ms: CPU at 1k/s (%)", f"{pl.get('cpu_pct', nan):.1f}", "", "< 20", None),
+        ("CPU idle (% of one core)", f"{idle_cpu:.2f}", f"{ref_small.get('idle_cpu', nan):.2f}", "< 0.5",
+         idle_cpu < 0.5),
+        ("RSS idle, busd / reference broker (MB)", f"{R.get('idle_rss', {}).get('busd', 0) / 2**20:.1f}",
+         f"{ref_small.get('idle_rss', {}).get('broker', 0) / 2**20:.1f}", "< 60",
+         R.get("idle_rss", {}).get("busd", 1e12) < 60 * 2**20),
+        ("RSS peak under load, busd / reference broker (MB)", f"{load_rss.get('busd', 0) / 2**20:.1f}",
+         f"{max((r.get('peak_rss', {}).get('broker', 0) for r in refs), default=0) / 2**20:.1f}",
+         "bounded (see docs/operators.md, Memory)", None),
+    ]
+    say("\n=== busd and the bare reference, side by side (issue 12 targets) ===")
+    say(f"{'measure':52} {'busd':>24} {'reference':>24}  {'target':26} verdict")
+    for name, ours, theirs, target, ok in rows:
+        verdict = "" if ok is None else ("PASS" if ok else "FAIL")
+        say(f"{name:52} {ours:>24} {theirs:>24}  {target:26} {verdict}")
+    save_rows("core", "busd + SDK plugins against the bare pyzmq pipeline (bench/run.py)", "reference", rows)
+
+
+def save_rows(name: str, title: str, other: str, rows: list[tuple[str, str, str, str, bool | None]]) -> None:
+    """Keep one bench's table rows (measure, busd, the other, target, pass) for ``bench/report.py``."""
+    out = Path(os.environ.get("BENCH_RESULTS", ROOT / ".run" / "bench"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"title": title, "other": other, "rows": [
+        {"measure": n, "busd": o, "other": t, "target": g, "pass": k} for n, o, t, g, k in rows]}))
 
 
 if __name__ == "__main__":

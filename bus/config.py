@@ -25,6 +25,7 @@ from bus.protocol import IPC_PATH_MAX, QUEUE_BYTES, REPLAY_BYTES
 __all__ = [
     "PLUGIN_TYPES",
     "SDK_OPTIONS",
+    "SDK_OPTION_TYPES",
     "Config",
     "MainConfig",
     "Option",
@@ -35,6 +36,7 @@ __all__ = [
     "default_path",
     "default_runtime_dir",
     "load",
+    "sdk_options",
 ]
 
 PLUGIN_TYPES = ("collector", "parser", "receiver")
@@ -92,8 +94,17 @@ def _toml_type(value: Any) -> str:
 SDK_OPTIONS: dict[str, Option] = {
     "flood_window": Option((int, float), 0.0, "receivers: seconds in which repeats of one (event_type, device) "
                                                "are collapsed into the first event plus a count (0: off)"),
+    "publish_linger": Option((int, float), 0.025, "collectors and parsers: seconds an event published with emit() "
+                                                   "may wait for company (lower: less latency, more CPU)"),
 }
-"""Options every receiver takes, built-in or not: the SDK implements them."""
+"""Options the SDK implements, built-in plugin or not; :data:`SDK_OPTION_TYPES` says which plugins take each."""
+SDK_OPTION_TYPES: dict[str, tuple[str, ...]] = {"flood_window": ("receiver",),
+                                                "publish_linger": ("collector", "parser")}
+
+
+def sdk_options(ptype: str) -> dict[str, Option]:
+    """Return the SDK options a plugin of type ``ptype`` takes."""
+    return {k: o for k, o in SDK_OPTIONS.items() if ptype in SDK_OPTION_TYPES[k]}
 
 _MAIN_OPTIONS: dict[str, Option] = {
     "runtime_dir": Option(str, None, "where the ipc:// sockets live"),
@@ -365,8 +376,9 @@ def _build_plugin(name: str, table: dict[str, Any], file: str) -> PluginConfig:
         raise ConfigError(file, f"{key}.filter", "collectors take no filter (they produce, not consume)")
     for opt_key, opt in SDK_OPTIONS.items():
         if opt_key in table:
-            if ptype != "receiver":
-                raise ConfigError(file, f"{key}.{opt_key}", "only receivers take this option")
+            if ptype not in SDK_OPTION_TYPES[opt_key]:
+                takers = " and ".join(f"{t}s" for t in SDK_OPTION_TYPES[opt_key])
+                raise ConfigError(file, f"{key}.{opt_key}", f"only {takers} take this option")
             reason = opt.check(table[opt_key])
             if reason:
                 raise ConfigError(file, f"{key}.{opt_key}", reason)
@@ -405,7 +417,7 @@ def _check_builtin_options(file: str, key: str, ptype: str, builtin: str, table:
             continue
         opt = options.get(opt_key)
         if opt is None:
-            allowed = ", ".join([*_RESERVED, *(SDK_OPTIONS if ptype == "receiver" else ()), *options])
+            allowed = ", ".join([*_RESERVED, *sdk_options(ptype), *options])
             raise ConfigError(file, f"{key}.{opt_key}", f"unknown key for built-in {ptype} {builtin!r} "
                                                          f"(allowed: {allowed})")
         reason = opt.check(value)

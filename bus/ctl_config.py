@@ -22,7 +22,7 @@ import typer
 
 from bus.cli import ConfigOpt, _ctl_options, _fail
 from bus.confedit import ConfigEditor, EditError, Outcome, format_value, get_key, parse_value, plugin_text
-from bus.config import MAIN_OPTIONS, RESERVED_KEYS, SDK_OPTIONS, Config, Option, builtin_module, default_path, load
+from bus.config import MAIN_OPTIONS, RESERVED_KEYS, Config, Option, builtin_module, default_path, load, sdk_options
 from bus.exceptions import ConfigError
 
 config_app = typer.Typer(no_args_is_help=True, help="Read and change daemon and plugin options.")
@@ -90,8 +90,7 @@ def _plugin_options(cfg: Config, name: str) -> dict[str, Option]:
     options: dict[str, Option] = {}
     if p.builtin is not None:
         options.update(getattr(importlib.import_module(builtin_module(p.type, p.builtin)), "OPTIONS", {}))
-    if p.type == "receiver":
-        options.update(SDK_OPTIONS)
+    options.update(sdk_options(p.type))
     return options
 
 

@@ -118,6 +118,8 @@ class Plugin:
     """
 
     type: ClassVar[str] = ""
+    publish_batch: ClassVar[int] = 500
+    """Most events in one publish request of :meth:`emit` (lower it for big events: a held request costs its bytes)."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
@@ -145,9 +147,10 @@ class Plugin:
 
     @property
     def publisher(self) -> Publisher:
-        """The acknowledged publisher behind :meth:`emit`, created on first use."""
+        """The acknowledged publisher behind :meth:`emit`, created on first use (``publish_linger`` applies)."""
         if self._publisher is None:
-            self._publisher = Publisher(self.control, self.name)
+            linger = float(self.config.get("publish_linger") or SDK_OPTIONS["publish_linger"].default)
+            self._publisher = Publisher(self.control, self.name, batch=self.publish_batch, linger=linger)
         return self._publisher
 
     def path(self, value: str) -> Path:

@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bus.client import Publisher
 from bus.config import Option
 from bus.event import Event
 from bus.exceptions import BadInput
@@ -301,6 +300,8 @@ def parse_timestamp(text: str) -> float | None:
 class Drbd(Collector):
     """Run ``drbdsetup events2`` and emit its lines; restart it when it exits."""
 
+    publish_batch = PUBLISH_BATCH
+
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
         self.command: list[str] = list(self.options["command"])
@@ -313,12 +314,6 @@ class Drbd(Collector):
         self.templates = Templates()
         self._status_dirty = True
 
-    @property
-    def publisher(self) -> Publisher:
-        """The SDK's publisher, with at most ``PUBLISH_BATCH`` events (batches of lines) per request."""
-        if self._publisher is None:
-            self._publisher = Publisher(self.control, self.name, batch=PUBLISH_BATCH)
-        return self._publisher
 
     # -- lines to events ------------------------------------------------------------------------
 

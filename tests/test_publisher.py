@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 import zmq.asyncio
 from conftest import async_wait_for
@@ -62,3 +64,22 @@ def test_lone_event_goes_at_once_a_quick_batch_at_min_batch_a_slow_one_at_linger
     sizes, waited = asyncio.run(scenario())
     assert sizes == [1, 10, 10]
     assert waited >= linger
+
+
+def test_publish_linger_is_a_producer_option(tmp_path: Path) -> None:
+    """``publish_linger`` sets a collector's or parser's Publisher linger; a receiver is refused it, by name."""
+    from bus.config import load
+    from bus.exceptions import ConfigError
+    from bus.plugin import Collector
+
+    conf = tmp_path / "busd.toml"
+    conf.write_text(f'[main]\nruntime_dir = "{tmp_path}/run"\n[plugins.c]\ntype = "collector"\nexec = ["true"]\n'
+                    'publish_linger = 0.002\n')
+    table = load(str(conf)).plugins["c"].table
+    env = {"BUS_PLUGIN": "c", "BUS_PLUGIN_CONFIG": json.dumps(table), "BUS_CONTROL": f"ipc://{tmp_path}/c.sock"}
+    assert Collector(env).publisher.linger == 0.002
+    assert Collector({**env, "BUS_PLUGIN_CONFIG": "{}"}).publisher.linger == 0.025
+    conf.write_text(f'[main]\nruntime_dir = "{tmp_path}/run"\n[plugins.r]\ntype = "receiver"\nexec = ["true"]\n'
+                    'publish_linger = 0.002\n')
+    with pytest.raises(ConfigError, match=r"plugins\.r\.publish_linger: only collectors and parsers take this option"):
+        load(str(conf))
