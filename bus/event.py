@@ -19,6 +19,7 @@ from bus.protocol import packb, unpackb
 
 __all__ = [
     "KINDS",
+    "KNOWN_WORDS",
     "SCHEMA_VERSION",
     "SEVERITIES",
     "Event",
@@ -150,6 +151,8 @@ def _simple_extensions(ext: dict[Any, Any]) -> bool:
 
 _WORDS: set[str] = set()
 """Strings already found to be valid ``system`` or ``event_type`` values (a few distinct ones recur)."""
+KNOWN_WORDS = _WORDS
+"""The same set, for a hot loop that checks membership itself (the broker's): read it, never add to it."""
 
 
 def _is_word(value: Any) -> bool:
