@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BUSD, PY, ROOT, RssSampler, Tree, cpu_delta, mb, save_rows, say, toml_str, wait_for
+from run import BUSD, PY, ROOT, BusdProcess, RssSampler, Tree, cpu_delta, mb, save_rows, say, toml_str, wait_for
 
 sys.path.insert(0, str(ROOT))
 from bus import protocol
@@ -131,8 +131,10 @@ def generate(a: argparse.Namespace) -> int:
 
 # -- the bench ------------------------------------------------------------------------------------
 
-class DrbdRun:
+class DrbdRun(BusdProcess):
     """busd with the drbd collector on the generator, the drbd parser and the prometheus receiver."""
+
+    label = "drbd bench"
 
     def __init__(self, a: argparse.Namespace) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="busdrbd", dir="/tmp"))
@@ -223,19 +225,7 @@ drbdadm = ""
                 return float(line.rsplit(" ", 1)[1]) >= MARK_WRITTEN * 1024
         return False
 
-    def fail(self, why: str) -> None:
-        tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-        self.stop()
-        raise SystemExit(f"drbd bench: {why}\n--- busd log (tail) ---\n{tail}")
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def verdict(ok: bool) -> str:

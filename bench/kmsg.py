@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BUSD, PY, ROOT, RssSampler, Tree, cpu_delta, mb, say, toml_str, wait_for
+from run import BUSD, PY, ROOT, BusdProcess, RssSampler, Tree, cpu_delta, mb, say, toml_str, wait_for
 
 sys.path.insert(0, str(ROOT))
 from bus import protocol
@@ -90,8 +88,10 @@ def generate(path: Path, total: int, error_share: float, seed: int = 7) -> dict[
     return counts
 
 
-class KmsgRun:
+class KmsgRun(BusdProcess):
     """busd with the kmsg collector on a file, the kernel parsers and a tally receiver."""
+
+    label = "kmsg bench"
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="busk", dir="/tmp"))
@@ -154,19 +154,7 @@ exec = [{toml_str(PY)}, {toml_str(str(ROOT / "bench" / "plugins" / "tally.py"))}
             return None
         return ps
 
-    def fail(self, why: str) -> None:
-        tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-        self.stop()
-        raise SystemExit(f"kmsg bench: {why}\n--- busd log (tail) ---\n{tail}")
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def main() -> int:

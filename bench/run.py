@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 
@@ -188,7 +188,35 @@ class RssSampler(threading.Thread):
 
 # -- one busd with the bench plugins ----------------------------------------------------------------------
 
-class BusRun:
+class BusdProcess:
+    """What every bench's busd shares: stopped as systemd stops it, its log shown when the bench fails.
+
+    Subclasses set ``label``, ``proc`` (the busd process, or ``None``) and ``log`` (its log file).
+    """
+
+    label = "bench"
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path
+
+    def stop(self) -> None:
+        """SIGTERM busd and wait; SIGKILL its process group after 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def fail(self, why: str) -> NoReturn:
+        """Stop busd and end the bench with ``why`` and the tail of busd's log."""
+        tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        self.stop()
+        raise SystemExit(f"{self.label}: {why}\n--- busd log (tail) ---\n{tail}")
+
+
+class BusRun(BusdProcess):
     """A busd started on a generated configuration, with the bench collector, parser and receiver."""
 
     def __init__(self, label: str, phases: list[dict[str, float]], *, linger: float | None = None) -> None:
@@ -263,11 +291,6 @@ filter = {{ system = ["bench"], kind = ["synthetic"] }}
         self.collector_pid = int((self.out / "collector.ready").read_text())
         self.receiver_pid = int((self.out / "receiver.ready").read_text())
         return self.tree
-
-    def fail(self, why: str) -> None:
-        tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-        self.stop()
-        raise SystemExit(f"{self.label}: {why}\n--- busd log (tail) ---\n{tail}")
 
     def go(self) -> float:
         os.kill(self.collector_pid, signal.SIGUSR1)
@@ -344,16 +367,6 @@ filter = {{ system = ["bench"], kind = ["synthetic"] }}
         result["lost_ids"] = len(emitted - seen) if emitted else None
         result["unknown_ids"] = len(seen - emitted) if emitted else None
         return result
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
     def cleanup(self, keep: bool) -> None:
         if not keep:

@@ -46,7 +46,7 @@ import psutil
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent))
-from run import BUSD, PY, ROOT, cpu_delta, save_rows, say, toml_str, wait_for  # noqa: E402
+from run import BUSD, PY, ROOT, BusdProcess, cpu_delta, save_rows, say, toml_str, wait_for  # noqa: E402
 
 from bus import protocol  # noqa: E402
 from bus.client import request  # noqa: E402
@@ -86,8 +86,10 @@ def collector_main() -> None:
 
 # -- the bench ------------------------------------------------------------------------------------------
 
-class UmhRun:
+class UmhRun(BusdProcess):
     """busd with the burst collector and a umh receiver."""
+
+    label = "umh bench"
 
     def __init__(self, resources: int, max_concurrent: int, max_queued: int) -> None:
         self.resources = resources
@@ -189,10 +191,6 @@ rules = [
         with self.lines.open("rb") as f:
             return f.read().count(b"\n")
 
-    def fail(self, why: str) -> None:
-        tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-        self.stop()
-        raise SystemExit(f"umh bench: {why}\n--- busd log (tail) ---\n{tail}")
 
     def sigterm(self) -> float:
         """SIGTERM to busd; return the seconds until it exited."""
@@ -220,14 +218,6 @@ rules = [
             left.append(f"{pid} {cmdline.strip()}")
         return left
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def order_kept(lines: list[str], resources: int) -> tuple[bool, int]:

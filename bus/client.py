@@ -430,7 +430,8 @@ class Subscriber:
         self.progress_interval = progress_interval
         self.idle_interval = max(idle_interval, progress_interval)
         self._interval = progress_interval
-        self._reported = (-1, -1)  # (received, handled) at the last report
+        self._reported: tuple[Any, ...] = ()  # what the last report said (received, handled, counters...)
+        self._ready: Readiness | None = None
         self.sub = control.zctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)
@@ -521,7 +522,9 @@ class Subscriber:
         if not force and now - self._last_progress < self._interval:
             return
         self._last_progress = now
-        moved = (self.stats["received"], self.stats["handled"])
+        counters = self.stats.get("counters")
+        moved = (self.stats["received"], self.stats["handled"], self.stats["failed"], self.stats["lost"],
+                 tuple(counters.items()) if counters else ())
         self._interval = (self.progress_interval if moved != self._reported
                           else min(2 * self._interval, self.idle_interval))
         self._reported = moved
@@ -561,7 +564,7 @@ class Subscriber:
             if caught:
                 yield caught
         sub = self.sub
-        ready = Readiness(sub)
+        ready = self._ready = Readiness(sub)
         stats = self.stats
         nexts = self.next
         unpack = self.decode
@@ -607,7 +610,16 @@ class Subscriber:
                         if caught:
                             yield caught
         finally:
+            self._ready = None
             ready.close()
+
+    def soon(self) -> None:
+        """Something to report changed outside the stream (a receiver's counter): report it within
+        ``progress_interval``, even if the subscriber was idling on a long interval."""
+        if self._interval > self.progress_interval:
+            self._interval = self.progress_interval
+            if self._ready is not None:
+                self._ready.interrupt()
 
     async def report(self) -> None:
         """Report progress now (at shutdown, so a restart resumes exactly here)."""

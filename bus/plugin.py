@@ -393,6 +393,8 @@ class Receiver(Plugin):
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name`` (``busctl status`` shows the counters)."""
         self.counters[name] = self.counters.get(name, 0) + n
+        if self.subscriber is not None:
+            self.subscriber.soon()
 
     async def _handle(self, event: Event, stats: dict[str, Any]) -> None:
         try:

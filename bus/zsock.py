@@ -69,6 +69,7 @@ class Readiness:
         self._loop = asyncio.get_running_loop()
         self._fd = cast(int, sock.getsockopt(zmq.FD))
         self._waiter: asyncio.Future[None] | None = None
+        self._interrupted = False
         self._loop.add_reader(self._fd, self._wake)
 
     def _events(self) -> int:
@@ -78,6 +79,11 @@ class Readiness:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def interrupt(self) -> None:
+        """Make a pending :meth:`wait` return now (with whether the socket is ready)."""
+        self._interrupted = True
+        self._wake()
 
     def poke(self) -> None:
         """After a send on the socket: wake the waiter if a message is waiting (the send may have taken the signal)."""
@@ -99,6 +105,9 @@ class Readiness:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
+            if self._interrupted:
+                self._interrupted = False
+                return bool(self._events() & events)
         return True
 
     async def send(self, data: bytes) -> None:

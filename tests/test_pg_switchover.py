@@ -228,5 +228,6 @@ def test_pg_hba_keeps_every_line_outside_the_block(world: World) -> None:
         assert data[: span[1]].endswith(END + (b"\r\n" if node == "node1" else b"\n"))
         # PostgreSQL read every rule of the rewritten file
         assert world.pg.sql(node, "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == [(0,)]
-        counters = world.buses[node].plugin("hba")["counters"]
-        assert counters["reloaded"] >= 2 and "write_failed" not in counters
+        counters = wait_for(lambda n=node: (c := world.buses[n].plugin("hba").get("counters", {})).get("reloaded", 0) >= 2
+                            and c, what="reloads counted in busctl status")
+        assert "write_failed" not in counters

@@ -321,8 +321,9 @@ def test_limits_timeouts_exit_status_and_old_new(bus: Bus, tmp_path: Path) -> No
     good = outputs(out, "good")
     assert [e["BUS_MSG"] for e in good] == ["bad->good", "None->good"]  # absent old is not "good"
     assert good[0]["BUS_EXT_OLD_STATE"] == "bad" and "DRBD_RES_NAME" not in good[0]
-    counters = bus.plugin("umh")["counters"]
-    assert counters == {"commands_started": 8, "commands_failed": 2, "commands_timed_out": 1}
+    # counters reach busctl with the receiver's next progress report: wait for them, do not read once
+    want = {"commands_started": 8, "commands_failed": 2, "commands_timed_out": 1}
+    wait_for(lambda: bus.plugin("umh").get("counters") == want, what=f"counters {want} in busctl status")
 
 
 def test_shipped_examples_are_valid(tmp_path: Path) -> None:
