@@ -474,26 +474,3 @@ def plugin_statuses(config: str | None, builtin: str) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             out.append({"plugin": name, "missing": True})
     return out
-
-
-def busctl() -> None:
-    """Console script ``busctl``."""
-    configure("warning")  # diagnostics go to stderr; stdout carries only the output
-    ctl_app(prog_name="busctl")
-
-
-# busctl command groups of built-in plugins, each in its own module (they use the helpers above)
-from bus.ctl_config import config_app, snippets_app  # noqa: E402
-from bus.ctl_gluster import app as _gluster_app  # noqa: E402
-from bus.ctl_pg import app as _pg_app  # noqa: E402
-from bus.ctl_pg import keygen as _pg_keygen  # noqa: E402
-from bus.ctl_promoter import app as _promoter_app  # noqa: E402
-from bus.ctl_webhook import webhook_app  # noqa: E402
-
-ctl_app.add_typer(config_app, name="config")
-ctl_app.add_typer(snippets_app)
-ctl_app.add_typer(_gluster_app, name="gluster")
-ctl_app.add_typer(_promoter_app, name="promoter")
-ctl_app.add_typer(webhook_app, name="webhook")
-ctl_app.add_typer(_pg_app, name="pg")
-ctl_app.command("keygen")(_pg_keygen)

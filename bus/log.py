@@ -6,7 +6,18 @@ import logging
 import sys
 from typing import Any
 
-import structlog
+# structlog imports rich when it is installed (typer brings it) for pretty tracebacks in its
+# console renderer: some 50 modules, about 40 ms and 4 MB in busd, in every plugin and at every
+# start of a command. busd logs JSON, and a plain traceback serves a terminal, so structlog is
+# imported with rich hidden; the entry goes again at once, so typer still finds rich for --help.
+_hide_rich = "rich" not in sys.modules
+if _hide_rich:
+    sys.modules["rich"] = None  # type: ignore[assignment]
+try:
+    import structlog
+finally:
+    if _hide_rich:
+        del sys.modules["rich"]
 
 __all__ = ["LEVELS", "configure", "get_logger"]
 

@@ -12,7 +12,7 @@ from conftest import BIN, Bus, wait_for
 from typer.testing import CliRunner
 
 from bus import config
-from bus.cli import ctl_app
+from bus.ctl import ctl_app
 
 CONFIG = """\
 # busd under test

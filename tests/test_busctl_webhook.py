@@ -14,7 +14,7 @@ from conftest import BIN, Bus, ev, wait_for
 from typer.testing import CliRunner
 from webhook_server import WebhookServer, free_port
 
-from bus.cli import ctl_app
+from bus.ctl import ctl_app
 from receivers.webhook import verify_signature
 
 SECRET = "a gluster webhook secret, 32 bytes+"
