@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import zmq.asyncio
 from conftest import async_wait_for
 
 from bus import protocol
-from bus.client import ControlClient, Publisher
+from bus.client import ControlClient, Publisher, Subscriber
 from bus.event import new_event
 
 
@@ -83,3 +84,67 @@ def test_publish_linger_is_a_producer_option(tmp_path: Path) -> None:
                     'publish_linger = 0.002\n')
     with pytest.raises(ConfigError, match=r"plugins\.r\.publish_linger: only collectors and parsers take this option"):
         load(str(conf))
+
+
+def test_a_late_publication_is_not_reported_lost(tmp_path: Path) -> None:
+    """A subscriber whose socket stays quiet while the broker's head is ahead (a busy machine can hold
+    the PUB stream up for longer than a progress interval) replays what the broker still has, but
+    does not call lost what the replay buffer no longer holds: the events may still be coming, and
+    only a publication numbered past them proves them missed. Here they come 0.3 s late."""
+
+    async def scenario() -> list[dict[str, Any]]:
+        ctx = zmq.asyncio.Context()
+        control = ctx.socket(zmq.ROUTER)
+        control.bind(f"ipc://{tmp_path}/control.sock")
+        pub = ctx.socket(zmq.PUB)
+        pub.bind(f"ipc://{tmp_path}/events.sock")
+        replays: list[dict[str, Any]] = []
+
+        async def broker() -> None:  # head is 10 from the first progress report on; the buffer lost 1..10
+            while True:
+                frames = await control.recv_multipart()
+                req = protocol.unpackb(frames[-1])
+                reply: dict[str, Any] = {"ok": True, "id": req["id"], "epoch": "e"}
+                if req["op"] == "hello":
+                    reply |= {"head": {"synthetic": 0}, "resume": {"synthetic": 1}}
+                elif req["op"] == "progress":
+                    reply |= {"head": {"synthetic": 10}}
+                elif req["op"] == "replay":
+                    replays.append(req)
+                    reply |= {"kind": "synthetic", "first": 11, "gap": [req["from"], 10], "head": 10, "events": []}
+                await control.send_multipart([*frames[:-1], protocol.packb(reply)])
+
+        serving = asyncio.create_task(broker())
+        client = ControlClient(f"ipc://{tmp_path}/control.sock", ctx)
+        sub = Subscriber(f"ipc://{tmp_path}/events.sock", client, ("synthetic",), progress_interval=0.05)
+        got: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            stream = sub.runs()
+            async for runs in stream:
+                for run in runs:
+                    got.extend(run.events)
+                    sub.done_run(run)
+                if len(got) >= 10:
+                    break
+            await stream.aclose()
+
+        reading = asyncio.create_task(read())
+        await async_wait_for(lambda: replays, 5, "a replay asked for while the socket is quiet")
+        await asyncio.sleep(0.3)  # the publication is late on purpose: that is the case under test
+        events = [new_event("t", "LATE", str(i), kind="synthetic") for i in range(10)]
+        pub.send_multipart([b"synthetic.t.", protocol.SEQ.pack(1), protocol.pack_array([protocol.packb(e) for e in events])])
+        async with asyncio.timeout(5):
+            await reading
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        sub.close()
+        client.close()
+        pub.close(0)
+        control.close(0)
+        ctx.term()
+        return got
+
+    got = asyncio.run(scenario())
+    assert [e["event_type"] for e in got] == ["LATE"] * 10, got
