@@ -22,7 +22,7 @@ import msgspec
 import zmq
 
 from bus import protocol
-from bus.event import KINDS, KNOWN_WORDS, WireEvent, check_wire, decode_wire, new_event_id, normalize
+from bus.event import KINDS, WireEvent, check_wire, decode_wire, new_event_id, normalize
 from bus.exceptions import EventError
 from bus.filter import Filter
 from bus.log import get_logger
@@ -592,7 +592,6 @@ class Broker:
         counters = self._counters(source)
         hostname = self.hostname
         remember = self._seen.add
-        words = KNOWN_WORDS
         pending = self._pending_pub
         routes = self._routes
         rejected: list[tuple[int, str]] = []
@@ -601,15 +600,7 @@ class Broker:
         for index, event in enumerate(events):
             try:
                 if type(event) is WireEvent:  # typed and checked in C when the batch was decoded
-                    # an SDK's event (complete, known words) in a few operations; any other gets
-                    # check_wire, which fills in what is missing and names what is wrong
-                    if (event.event_id and event.hostname and event.timestamp is not None and event.v == 1
-                            and event.system in words and event.event_type in words):
-                        event.source = source
-                        if kind is not None:
-                            event.kind = kind  # type: ignore[assignment]
-                    else:
-                        check_wire(event, hostname=hostname, kind=kind, source=source, now=now)
+                    check_wire(event, hostname=hostname, kind=kind, source=source, now=now)
                     eid = event.event_id
                     key = (source, event.kind, event.system, event.severity, event.event_type)
                     msg = event.msg

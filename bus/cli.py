@@ -154,18 +154,15 @@ async def _tail(rd: str, flt: Filter, kinds: tuple[str, ...], json_out: bool, co
     from bus.client import ControlClient, Subscriber
 
     control = ControlClient(protocol.endpoint(rd, protocol.CONTROL))
-    everything = flt.kinds_only()  # the subscription has already chosen the kinds
-    # JSON of every event only re-encodes what arrives: typed events are cheaper to decode
+    # JSON of events the subscription already chose only re-encodes them: typed events decode cheaper
     sub = Subscriber(protocol.endpoint(rd, protocol.EVENTS), control, kinds, last=last,
-                     decode=decode_wire if json_out and everything else protocol.unpackb)
+                     decode=decode_wire if json_out and flt.kinds_only() else protocol.unpackb)
     seen = 0
     out = sys.stdout.buffer
-    match = flt.match
     try:
         # a batch at a time: one filter pass, one write and one flush for whatever arrived together
         async for runs in sub.runs():
-            events = [e for run in runs for e in run.events] if everything else [
-                e for run in runs for e in run.events if match(e) or e.get("event_type") == "BUS_EVENTS_LOST"]
+            events = [e for run in runs for e in flt.select(run.events)]
             if count:
                 events = events[: count - seen]
             if not events:
@@ -281,7 +278,7 @@ def _stdin_blocks(parse: Callable[[list[bytes], int], Block]) -> Any:
             if rest:
                 yield parse([rest], number)
             return
-        *block, rest = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        *block, rest = (rest + chunk).split(b"\n")
         if block:
             yield parse(block, number)
             number += len(block)

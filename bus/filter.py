@@ -114,6 +114,21 @@ class Filter:
         return (self.match_fields(event["kind"], event["system"], event["severity"], event["event_type"])
                 and (self.contains is None or self.match_text(event["msg"])))
 
+    def wants(self, event: Event) -> bool:
+        """Return whether a subscriber hands ``event`` on: it passes, or it is a ``BUS_EVENTS_LOST``
+        notice (the subscriber's own report of a loss passes any filter)."""
+        return self.match(event) or event.get("event_type") == "BUS_EVENTS_LOST"
+
+    def select(self, events: list[Event]) -> list[Event]:
+        """Return the events of a subscribed kind that :meth:`wants`, in order.
+
+        A filter that names only kinds passes the list itself: the subscription chose them.
+        """
+        if self.kinds_only():
+            return events
+        wants = self.wants
+        return [e for e in events if wants(e)]
+
     def kinds_only(self) -> bool:
         """Return whether the filter says nothing but which kinds pass (what a subscription already selects)."""
         return (self.systems is None and not self.min_severity and self.exact_types is None

@@ -291,16 +291,7 @@ class Parser(Plugin):
         def collect(result: Any, parent_id: str | None) -> None:
             if result is None:
                 return
-            if type(result) is dict:  # the common case: one output
-                if parent_id is not None:
-                    result["event_id"] = derive_id(parent_id, name, 0)
-                result["kind"] = "synthetic"
-                result["source"] = name
-                if not result.get("hostname"):
-                    result["hostname"] = hostname
-                outputs.append(result)
-                return
-            for index, out in enumerate([result] if isinstance(result, dict) else list(result)):
+            for index, out in enumerate((result,) if isinstance(result, dict) else result):
                 if parent_id is not None:
                     out["event_id"] = derive_id(parent_id, name, index)
                 out["kind"] = "synthetic"
@@ -411,33 +402,17 @@ class Receiver(Plugin):
         kinds = tuple(k for k in KINDS if self.filter.wants_kind(k))
         self.subscriber = sub = Subscriber(self.env["BUS_EVENTS"], self.control, kinds, plugin=self.name)
         sub.stats["counters"] = self.counters
-        match = self.filter.match
         stats = sub.stats
         flood = self.flood
-        if flood is None and self.handle_batch is not None:
-            await self._main_batches(sub, self.handle_batch)
+        if flood is None and (self.handle_batch is not None or not self._is_async):
+            await self._main_batches(sub, self.handle_batch or self._handle_each)
             return
-        if flood is None:
-            handle, handle_async = self.handle, self._handle
-            is_async = self._is_async
-            everything = self.filter.kinds_only()  # the subscription has already chosen the kinds
-            async for runs in sub.runs():
-                for run in runs:
-                    if is_async:  # progress after each event: a slow handler resumes where it was
-                        for seq, event in enumerate(run.events, run.first):
-                            if everything or match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
-                                await handle_async(event, stats)
-                            sub.done_seq[run.kind] = seq
-                            stats["handled"] += 1
-                        continue
-                    for event in run.events:
-                        if everything or match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
-                            try:  # what _handle does, without a coroutine per event
-                                handle(event)
-                            except Exception:
-                                stats["failed"] += 1
-                                self.log.exception("handle_failed", event_id=event.get("event_id"))
-                    sub.done_run(run)
+        wants = self.filter.wants
+        if flood is None:  # an async handle(): progress after each event, a slow one resumes where it was
+            async for delivery in sub:
+                if wants(delivery.event):
+                    await self._handle(delivery.event, stats)
+                sub.done(delivery)
             return
         # summaries are handed on from a timer too: the lock keeps handle() calls one at a time
         lock = asyncio.Lock()
@@ -445,9 +420,8 @@ class Receiver(Plugin):
         timer = asyncio.create_task(self._flood_timer(flood, lock, stats), name="flood-timer")
         try:
             async for delivery in sub:
-                event = delivery.event
-                if match(event) or event.get("event_type") == "BUS_EVENTS_LOST":
-                    for out in flood.offer(event):
+                if wants(delivery.event):
+                    for out in flood.offer(delivery.event):
                         async with lock:
                             await self._handle(out, stats)
                     stats["flood_suppressed"] = flood.suppressed
@@ -458,16 +432,25 @@ class Receiver(Plugin):
             for out in flood.flush():
                 await self._handle(out, stats)
 
+    def _handle_each(self, events: list[Event]) -> None:
+        """A plain :meth:`handle` as a batch: each event on its own, a failure counted for that event."""
+        assert self.subscriber is not None  # main() set it before the first batch
+        handle, stats = self.handle, self.subscriber.stats
+        for event in events:
+            try:  # what _handle does, without a coroutine per event
+                handle(event)
+            except Exception:
+                stats["failed"] += 1
+                self.log.exception("handle_failed", event_id=event.get("event_id"))
+
     async def _main_batches(self, sub: Subscriber, handle_batch: Callable[[list[Event]], Any]) -> None:
-        """The loop of a receiver with :attr:`handle_batch`: one call per run of events."""
+        """The loop of a receiver with a plain :meth:`handle` or a :attr:`handle_batch`: one call per run."""
         is_async = inspect.iscoroutinefunction(handle_batch)
-        everything = self.filter.kinds_only()
-        match = self.filter.match
+        select = self.filter.select
         stats = sub.stats
         async for runs in sub.runs():
             for run in runs:
-                events = run.events if everything else [
-                    e for e in run.events if match(e) or e.get("event_type") == "BUS_EVENTS_LOST"]
+                events = select(run.events)
                 if events:
                     try:
                         if is_async:

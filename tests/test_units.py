@@ -313,3 +313,16 @@ def test_stop_process_does_not_hang_on_a_stray_holding_its_pipe() -> None:
     finally:
         for pid in strays:
             os.kill(pid, signal.SIGKILL)
+
+
+def test_filter_select_keeps_matches_and_loss_notices_in_order() -> None:
+    """What a subscriber hands on: events that pass, and its own BUS_EVENTS_LOST notices whatever the filter."""
+    events = [new_event("scsi", "A", severity="error", kind="synthetic"),
+              new_event("md", "B", severity="error", kind="synthetic"),
+              new_event("bus", "BUS_EVENTS_LOST", severity="warn", kind="synthetic"),
+              new_event("scsi", "C", severity="info", kind="synthetic")]
+    flt = Filter.parse({"system": "scsi", "severity": "warn"})
+    assert [e["event_type"] for e in flt.select(events)] == ["A", "BUS_EVENTS_LOST"]
+    assert flt.wants(events[2]) and not flt.wants(events[3])
+    everything = Filter.parse({}, default_kinds=("synthetic",))
+    assert everything.select(events) is events  # the subscription chose the kinds: nothing to copy
