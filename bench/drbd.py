@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -306,8 +305,7 @@ def main() -> int:
         return 0
     finally:
         run.stop()
-        if not a.keep:
-            shutil.rmtree(run.dir, ignore_errors=True)
+        run.cleanup(a.keep)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -201,8 +200,7 @@ def main() -> int:
         return 0
     finally:
         run.stop()
-        if not a.keep:
-            shutil.rmtree(run.dir, ignore_errors=True)
+        run.cleanup(a.keep)
 
 
 if __name__ == "__main__":

@@ -191,12 +191,14 @@ class RssSampler(threading.Thread):
 class BusdProcess:
     """What every bench's busd shares: stopped as systemd stops it, its log shown when the bench fails.
 
-    Subclasses set ``label``, ``proc`` (the busd process, or ``None``) and ``log`` (its log file).
+    Subclasses set ``label``, ``proc`` (the busd process, or ``None``), ``log`` (its log file) and
+    ``dir`` (everything the bench wrote).
     """
 
     label = "bench"
     proc: subprocess.Popen[bytes] | None = None
     log: Path
+    dir: Path
 
     def stop(self) -> None:
         """SIGTERM busd and wait; SIGKILL its process group after 10 s."""
@@ -208,6 +210,13 @@ class BusdProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+    def cleanup(self, keep: bool) -> None:
+        """Remove the bench's directory (configuration, runtime dir, logs), unless asked to keep it."""
+        if keep:
+            say(f"  kept {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def fail(self, why: str) -> NoReturn:
         """Stop busd and end the bench with ``why`` and the tail of busd's log."""
@@ -368,9 +377,6 @@ filter = {{ system = ["bench"], kind = ["synthetic"] }}
         result["unknown_ids"] = len(seen - emitted) if emitted else None
         return result
 
-    def cleanup(self, keep: bool) -> None:
-        if not keep:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def phase_summary(res: dict[str, Any], n: int) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -327,10 +326,7 @@ def main() -> int:
         ok &= took < SIGTERM_LIMIT and not left
     finally:
         run.stop()
-        if not a.keep:
-            shutil.rmtree(run.dir, ignore_errors=True)
-        else:
-            say(f"  kept {run.dir}")
+        run.cleanup(a.keep)
 
     say()
     width = max(len(r[0]) for r in rows)
