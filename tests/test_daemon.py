@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import msgpack
 import zmq
@@ -53,6 +54,8 @@ def test_plugins_get_only_stdin_stdout_and_stderr(bus: Bus) -> None:
     bus.write({"c": {"type": "collector", "exec": ["sleep", "1000"]}})
     bus.start()
     pid = wait_for(lambda: bus.plugin("c")["pid"], what="plugin started")
+    # between fork and exec the child still holds what exec will close: look once it is sleep
+    wait_for(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep", what="the plugin's exec")
     fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
     assert fds == [0, 1, 2], {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
 
