@@ -239,14 +239,7 @@ class Publisher:
         if not event.get("event_id"):
             event["event_id"] = new_event_id()  # fixed now, so that a resend is recognised
         self.buffer.append(event)
-        if self._timer is None:  # the first event of a batch
-            now = time.monotonic()
-            if len(self.buffer) == 1 and not self.inflight and now - self._last_send >= self.linger:
-                self._send_all()  # a lone event on an idle line
-                return
-            self._arm(now)
-        if self._due():
-            self._send_all()
+        self._queued()
 
     async def emit_many(self, events: list[Any]) -> None:
         """Queue a batch of events at once: what :meth:`emit` does per event, once per batch.
@@ -263,11 +256,14 @@ class Publisher:
         for event in events:
             if type(event) is dict and not event.get("event_id"):
                 event["event_id"] = new_event_id()
-        lone = len(events) == 1 and not self.buffer
         self.buffer.extend(events)
-        if self._timer is None:
+        self._queued()
+
+    def _queued(self) -> None:
+        """Events joined the buffer: a lone one on an idle line leaves now, a new batch starts its timer, a due one leaves."""
+        if self._timer is None:  # the first events of a batch
             now = time.monotonic()
-            if lone and not self.inflight and now - self._last_send >= self.linger:
+            if len(self.buffer) == 1 and not self.inflight and now - self._last_send >= self.linger:
                 self._send_all()
                 return
             self._arm(now)
