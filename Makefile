@@ -7,8 +7,9 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # GlusterFS (glusterd, the gluster command, glustereventsd) for the gluster collector and parser tests,
 # PostgreSQL 15 with repmgr and HAProxy for the PostgreSQL switch-over tests (the tests start their own
 # servers on loopback; Debian's own 15/main cluster is not used).
+# nats-server (JetStream) for the fleet tests of the nats receiver, started on loopback by the tests too.
 APT_PACKAGES = build-essential pkg-config libzmq3-dev libmsgpack-dev glusterfs-server \
-               postgresql-15 postgresql-15-repmgr haproxy
+               postgresql-15 postgresql-15-repmgr haproxy nats-server
 DEMO_CONFIG  = conf/demo/busd.toml
 
 .PHONY: venv system-deps demo test lint bench clean

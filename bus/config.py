@@ -35,6 +35,7 @@ __all__ = [
     "check_table",
     "default_path",
     "default_runtime_dir",
+    "default_state_dir",
     "load",
     "sdk_options",
 ]
@@ -108,6 +109,8 @@ def sdk_options(ptype: str) -> dict[str, Option]:
 
 _MAIN_OPTIONS: dict[str, Option] = {
     "runtime_dir": Option(str, None, "where the ipc:// sockets live"),
+    "state_dir": Option(str, None, "where stateful plugins keep their files, one subdirectory each "
+                                   "(history, outboxes, the kmsg cursor)"),
     "hostname": Option(str, None, "host name put in events"),
     "log_level": Option(str, "info", "daemon log level", LEVELS),
     "include": Option(list, [], "globs of snippets, relative to the main file"),
@@ -141,12 +144,25 @@ def default_runtime_dir() -> str:
     return f"{xdg}/busd" if xdg else f"/tmp/busd-{os.geteuid()}"
 
 
+def default_state_dir() -> str:
+    """Return ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``), else ``/var/lib/busd`` as root,
+    else ``$XDG_STATE_HOME/busd`` (``~/.local/state/busd``)."""
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        return systemd.split(":")[0]  # systemd lists one path per StateDirectory= entry
+    if os.geteuid() == 0:
+        return "/var/lib/busd"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return f"{base}/busd"
+
+
 @dataclass(frozen=True)
 class MainConfig:
     """The ``[main]`` table with defaults applied."""
 
     runtime_dir: str
     hostname: str
+    state_dir: str = ""
     log_level: str = "info"
     replay_buffer: int = 100_000
     replay_buffer_bytes: int = REPLAY_BYTES
@@ -351,6 +367,7 @@ def _build_main(merged: _Merged, base: Path) -> MainConfig:
             values[key] = float(value) if opt.type is float else value
     # a relative runtime_dir is relative to the main file, like include globs
     values["runtime_dir"] = os.path.normpath(base / (values.get("runtime_dir") or default_runtime_dir()))
+    values["state_dir"] = os.path.normpath(base / (values.get("state_dir") or default_state_dir()))
     values.setdefault("hostname", socket.gethostname())
     if not values["hostname"]:
         raise ConfigError(merged.main_origin.get("hostname", ""), "main.hostname", "must not be empty")

@@ -157,12 +157,28 @@ class Plugin:
         """Resolve a path option: relative paths are relative to the file that configures the plugin."""
         return Path(self.env.get("BUS_CONFIG_DIR", ".")) / value
 
-    def state_file(self, kind: str = "state") -> Path | None:
-        """Return ``$BUS_RUNTIME_DIR/<kind>/<plugin>.json`` (``None`` outside busd).
+    @property
+    def state_dir(self) -> Path | None:
+        """This plugin's own directory under ``[main] state_dir`` (``$BUS_STATE_DIR/<plugin>``), created
+        on first use; ``None`` outside busd. Files that must outlive a reboot go here."""
+        base = self.env.get("BUS_STATE_DIR")
+        if not base:
+            return None
+        path = Path(base) / self.name
+        path.mkdir(mode=0o750, parents=True, exist_ok=True)
+        return path
 
-        ``state`` keeps what a plugin needs after a restart; ``status`` is what it shows to
-        ``busctl`` (see :meth:`write_status`).
+    def state_file(self, kind: str = "state") -> Path | None:
+        """Return where this plugin keeps its ``kind`` file (``None`` outside busd).
+
+        ``state`` is what a plugin needs after a restart: ``<state_dir>/state.json`` (under
+        ``$BUS_RUNTIME_DIR/state/`` when busd gives no state directory); ``status`` is what it shows
+        to ``busctl`` (see :meth:`write_status`), in ``$BUS_RUNTIME_DIR/status/<plugin>.json``.
         """
+        if kind == "state" and self.env.get("BUS_STATE_DIR"):
+            state_dir = self.state_dir
+            assert state_dir is not None
+            return state_dir / "state.json"
         runtime_dir = self.env.get("BUS_RUNTIME_DIR")
         return Path(runtime_dir) / kind / f"{self.name}.json" if runtime_dir else None
 

@@ -111,6 +111,7 @@ class Supervisor:
             "BUS_CONTROL": protocol.endpoint(rd, protocol.CONTROL),
             "BUS_LOG_LEVEL": self.main.log_level,
             "BUS_RUNTIME_DIR": rd,
+            "BUS_STATE_DIR": self.main.state_dir,
             "BUS_CONFIG_DIR": os.path.dirname(pconf.file),
         })
         if pconf.type in ("collector", "parser"):

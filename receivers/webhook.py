@@ -5,7 +5,6 @@ One receiver instance serves every webhook listed in its ``webhooks`` array::
     [plugins.webhook]
     type = "receiver"
     builtin = "webhook"
-    state_dir = "/var/lib/busd/webhook"
 
     [[plugins.webhook.webhooks]]
     url = "https://monitor.example.com/gluster"
@@ -41,9 +40,9 @@ than 5 minutes away from its clock (:func:`verify_signature`). Every request als
 ``X-Busd-Event-Id`` (the same on a redelivery: consumers can drop duplicates with it).
 
 Delivery guarantees: every matching event is committed to the webhook's outbox (SQLite, WAL mode,
-``<state_dir>/<plugin>/<name>.sqlite``) before the receiver reports it handled to busd, so a crash,
-restart or reload of busd or of the receiver loses nothing: the bus replays what was not reported,
-the outbox keeps what was. An event leaves the outbox only after a 2xx answer. Per webhook, events
+``<[main] state_dir>/<plugin>/<name>.sqlite``, or under the ``state_dir`` option) before the receiver
+reports it handled to busd, so a crash, restart or reload of busd or of the receiver loses nothing:
+the bus replays what was not reported, the outbox keeps what was. An event leaves the outbox only after a 2xx answer. Per webhook, events
 go out oldest first (with ``concurrency = N``, a sliding window of N requests in flight on N
 keep-alive connections: order may vary within those N); a failed request (no connection, timeout,
 5xx, any 4xx not listed in ``reject_status``) is retried with exponential backoff and jitter (0.25 s
@@ -104,8 +103,8 @@ FORMATS = ("gluster", "busd")
 OPTIONS = {
     "webhooks": Option(list, [], "the webhooks: an array of tables with url, name, filter, format, bearer_token, "
                                  "secret, signing_key, headers and overrides of the defaults below"),
-    "state_dir": Option(str, "", "directory of the outboxes (relative to the configuration file); default "
-                                 "/var/lib/busd/webhook as root, else $XDG_STATE_HOME/busd/webhook"),
+    "state_dir": Option(str, "", "directory of the outboxes, each receiver in its own subdirectory (relative to the "
+                                 "configuration file); default: the receiver's directory under [main] state_dir"),
     "synchronous": Option(str, "normal", "normal: an event survives any crash once handled; full: also a power "
                                          "loss (an fsync per event)", ("normal", "full")),
     "timeout": Option(float, 10.0, "seconds one request may take"),
@@ -153,8 +152,9 @@ _OWN_HEADERS = ("authorization", "content-type", "x-busd-timestamp", "x-busd-sig
 
 # -- configuration ---------------------------------------------------------------------------------
 
-def default_state_dir() -> str:
-    """Return ``/var/lib/busd/webhook`` as root, else ``$XDG_STATE_HOME/busd/webhook`` (``~/.local/state``)."""
+def legacy_state_dir() -> str:
+    """Return where outboxes lived before ``[main] state_dir``: ``/var/lib/busd/webhook`` as root, else
+    ``$XDG_STATE_HOME/busd/webhook``; a receiver whose outboxes are still there keeps using them."""
     if os.geteuid() == 0:
         return "/var/lib/busd/webhook"
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
@@ -485,8 +485,7 @@ class Webhook(Receiver):
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env)
-        state_dir = self.options["state_dir"] or default_state_dir()
-        self.state_dir = self.path(state_dir) / self.name
+        self.outbox_dir = self._outbox_dir()
         self.hooks: list[Hook] = []
         for settings in webhook_settings(self.options):
             log = self.log.bind(webhook=settings["name"], url=redact(settings["url"]))
@@ -494,9 +493,23 @@ class Webhook(Receiver):
                                    Sender(settings, self.path(".")),
                                    Outage(log, "webhook", first=min(0.25, settings["retry_max"]),
                                           maximum=settings["retry_max"]),
-                                   self.state_dir / f"{settings['name']}.sqlite"))
+                                   self.outbox_dir / f"{settings['name']}.sqlite"))
         self.tasks: list[asyncio.Task[None]] = []
         self._status_dirty = asyncio.Event()
+
+    def _outbox_dir(self) -> Path:
+        """The ``state_dir`` option's subdirectory for this receiver, else its own state directory
+        (or the pre-``[main] state_dir`` location while outboxes are still there)."""
+        if self.options["state_dir"]:
+            return self.path(self.options["state_dir"]) / self.name
+        legacy = Path(legacy_state_dir()) / self.name
+        own = self.state_dir
+        if own is None or (any(legacy.glob("*.sqlite")) and not any(own.glob("*.sqlite"))):
+            if own is not None:
+                self.log.warning("webhook_legacy_outboxes", path=str(legacy),
+                                 hint=f"stop busd and move them to {own} (or set state_dir)")
+            return legacy
+        return own
 
     async def setup(self) -> None:
         """Open the outboxes, warn about orphaned ones, start a delivery and a report task per webhook."""
@@ -507,7 +520,7 @@ class Webhook(Receiver):
             self.tasks.append(asyncio.create_task(self._deliver(hook), name=f"webhook-{hook.name}"))
             self.tasks.append(asyncio.create_task(self._reporter(hook), name=f"webhook-report-{hook.name}"))
         self.tasks.append(asyncio.create_task(self._status_writer(), name="webhook-status"))
-        self.log.info("webhook_started", webhooks=[h.name for h in self.hooks], state_dir=str(self.state_dir),
+        self.log.info("webhook_started", webhooks=[h.name for h in self.hooks], state_dir=str(self.outbox_dir),
                       waiting={h.name: h.outbox.depth for h in self.hooks if h.outbox is not None})
 
     def _open(self, hook: Hook) -> Outbox | None:
@@ -523,7 +536,7 @@ class Webhook(Receiver):
     def _warn_orphans(self) -> None:
         names = {f"{h.name}.sqlite" for h in self.hooks}
         with contextlib.suppress(OSError):
-            for path in sorted(self.state_dir.glob("*.sqlite")):
+            for path in sorted(self.outbox_dir.glob("*.sqlite")):
                 if path.name not in names:
                     self.log.warning("webhook_outbox_orphaned", path=str(path),
                                      reason="no configured webhook has this name; its waiting events are not sent")
@@ -741,7 +754,7 @@ class Webhook(Receiver):
 
     def write_webhook_status(self) -> None:
         """Write every webhook's outbox depth, counts, last success and last error for ``busctl``."""
-        self.write_status({"state_dir": str(self.state_dir), "webhooks": [h.status() for h in self.hooks]})
+        self.write_status({"state_dir": str(self.outbox_dir), "webhooks": [h.status() for h in self.hooks]})
 
     async def _status_writer(self) -> None:
         self.write_webhook_status()

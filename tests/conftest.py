@@ -86,6 +86,7 @@ class Bus:
         self.base = base
         self.config = base / "busd.toml"
         self.runtime_dir = base / "run"
+        self.state_dir = base / "state"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = base / "busd.log"
         self.notify_path = base / "notify.sock"
@@ -95,7 +96,8 @@ class Bus:
     def write(self, plugins: dict[str, dict[str, Any]], main: dict[str, Any] | None = None,
               extra: str = "") -> None:
         """Write the configuration: ``[main]`` (fast restarts by default) and one table per plugin."""
-        settings = {"runtime_dir": str(self.runtime_dir), "hostname": "testhost", "restart_delay": 0.05,
+        settings = {"runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir), "hostname": "testhost",
+                    "restart_delay": 0.05,
                     "min_uptime": 2.0, "max_fast_crashes": 3, "stop_timeout": 1.0, **(main or {})}
         lines = ["[main]"] + [f"{k} = {toml_value(v)}" for k, v in settings.items()]
         for name, table in plugins.items():

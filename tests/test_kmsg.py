@@ -73,7 +73,7 @@ def produced(bus: Bus) -> int:
 
 
 def saved_state(bus: Bus) -> dict[str, Any] | None:
-    path = bus.runtime_dir / "state" / "kmsg.json"
+    path = bus.state_dir / "kmsg" / "state.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -360,7 +360,7 @@ def test_resume_after_sigkill_and_after_busd_restart(bus: Bus, tmp_path: Path) -
 def test_gap_after_resume_is_reported(bus: Bus, tmp_path: Path) -> None:
     log = tmp_path / "kmsg.log"
     log.write_text(records(20, 22))
-    state = bus.runtime_dir / "state" / "kmsg.json"
+    state = bus.state_dir / "kmsg" / "state.json"
     state.parent.mkdir(parents=True)
     state.write_text(json.dumps({"boot_id": boot_id(), "path": str(log), "seq": 10}))
     kmsg_bus(bus, log)  # since_boot = false, but the state wins

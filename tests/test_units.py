@@ -174,6 +174,19 @@ class TestConfig:
         with pytest.raises(ConfigError, match="too long for ipc"):
             load(path)
 
+    def test_state_dir_default_and_relative(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """state_dir: systemd's $STATE_DIRECTORY first, else /var/lib/busd (root) or $XDG_STATE_HOME/busd;
+        a relative one is relative to the main file."""
+        path = _write(tmp_path / "busd.toml", "[main]\n")
+        monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/busd-unit:/var/lib/other")
+        assert load(path).main.state_dir == "/var/lib/busd-unit"
+        monkeypatch.delenv("STATE_DIRECTORY")
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+        expected = "/var/lib/busd" if os.geteuid() == 0 else str(tmp_path / "xdg" / "busd")
+        assert load(path).main.state_dir == expected
+        _write(path, '[main]\nstate_dir = "state"\n')
+        assert load(path).main.state_dir == str(tmp_path / "state")
+
     def test_peek_main_ignores_broken_plugins(self, tmp_path: Path) -> None:
         """The CLI's view of [main] works while a plugin table is broken."""
         path = _write(tmp_path / "busd.toml", '[main]\nruntime_dir = "/tmp/r"\n[plugins.x]\ntype = 1\n')
