@@ -88,7 +88,7 @@ def busd_main(
         typer.echo(json.dumps({
             "files": list(cfg.files),
             "main": cfg.main.__dict__,
-            "plugins": {n: p.table for n, p in cfg.plugins.items()},
+            "plugins": {n: p.masked_table() for n, p in cfg.plugins.items()},
         }, indent=2, default=str))
         return
     from bus.daemon import run

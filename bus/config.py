@@ -10,6 +10,7 @@ import pkgutil
 import re
 import shlex
 import socket
+import stat
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -195,6 +196,15 @@ class PluginConfig:
             return list(self.exec)
         assert self.builtin is not None
         return [sys.executable, "-m", builtin_module(self.type, self.builtin)]
+
+    def masked_table(self) -> dict[str, Any]:
+        """Return the table with the built-in's secrets (its ``SECRET_OPTIONS``) shown as ``"***"``: what
+        may be printed or logged."""
+        secrets: tuple[str, ...] = ()
+        if self.builtin is not None:
+            module = importlib.import_module(builtin_module(self.type, self.builtin))
+            secrets = getattr(module, "SECRET_OPTIONS", ())
+        return {k: "***" if k in secrets and v else v for k, v in self.table.items()}
 
     def table_json(self) -> str:
         """Return the table as JSON, the value of ``BUS_PLUGIN_CONFIG``."""
@@ -443,12 +453,27 @@ def _check_builtin_options(file: str, key: str, ptype: str, builtin: str, table:
     for opt_key, opt in options.items():
         if opt.default is _REQUIRED and opt_key not in table:
             raise ConfigError(file, f"{key}.{opt_key}", f"is required by built-in {ptype} {builtin!r}")
+    _check_secrets(file, key, table, getattr(module, "SECRET_OPTIONS", ()))
     check = getattr(module, "check_options", None)
     if check is not None:
         try:
             check(plugin_options(ptype, builtin, table))
         except ValueError as exc:
             raise _nested_error(file, key, exc) from None
+
+
+def _check_secrets(file: str, key: str, table: dict[str, Any], secrets: tuple[str, ...]) -> None:
+    """Refuse a secret (a built-in's ``SECRET_OPTIONS``: password, token...) in a file everyone may read."""
+    held = [k for k in secrets if table.get(k)]
+    if not held:
+        return
+    try:
+        mode = os.stat(file).st_mode
+    except OSError:
+        return  # not a file on disk (a test's dict): nothing to protect
+    if mode & stat.S_IROTH:
+        raise ConfigError(file, f"{key}.{held[0]}", f"holds a secret but the file is readable by everyone "
+                                                    f"(mode {stat.S_IMODE(mode):04o}): chmod o-r {file}")
 
 
 def check_table(where: str, table: Any, options: dict[str, Option], *, what: str = "a table") -> dict[str, Any]:
