@@ -130,48 +130,110 @@ def tail_main(
     kind: Annotated[str, typer.Option("--kind", help="raw, synthetic or all")] = "synthetic",
     count: Annotated[int, typer.Option("--count", help="exit after this many events (0: never)")] = 0,
     last: Annotated[int, typer.Option("--last", help="first print up to this many events still in the replay buffer")] = 0,
+    since: Annotated[str | None, typer.Option("--since", help="first print the stored events since then (10m, 1h, "
+                                                              "ISO time; receiver history)")] = None,
+    dev: Annotated[list[str] | None, typer.Option("--dev", help="only this device name or WWID (repeatable)")] = None,
+    host: Annotated[list[str] | None, typer.Option("--host", help="only this host (repeatable)")] = None,
     version: VersionOpt = False,
 ) -> None:
-    """Print events as they are published, one per line, until interrupted or --count is reached."""
+    """Print events as they are published, one per line, until interrupted or --count is reached.
+
+    With ``--since``, the stored events (receiver ``history``) since then come first, then the live
+    ones, with no gap and no duplicate at the seam (see :func:`_tail`).
+    """
+    from bus.query import Query, QueryError, parse_time
+
     try:
         flt = Filter.parse({"system": system or None, "severity": severity, "event_type": event_type or None,
                             "kind": kind})
+        query = Query(flt, since=parse_time(since) if since else None, devs=tuple(dev or ()), hosts=tuple(host or ()))
     except FilterError as exc:
         raise _fail(str(exc).replace("filter.", "--").replace("_", "-")) from None
+    except QueryError as exc:
+        raise _fail(str(exc)) from None
+    history: Callable[[Any], list[Event]] | None = None
+    if since:
+        from bus.ctl_query import find_database, local_source
+
+        try:
+            history = local_source(find_database(_load(config)))
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
     rd = _main(config).runtime_dir
     kinds = tuple(k for k in KINDS if flt.wants_kind(k))
     color = not json_out and sys.stdout.isatty()
     try:
-        _run(_tail(rd, flt, kinds, json_out, color, count, last))
+        _run(_tail(rd, flt, kinds, json_out, color, count, last, query, history))
     except KeyboardInterrupt:
         pass
     except ControlError as exc:
         raise _fail(str(exc), 1) from None
+    except Exception as exc:  # HistoryError: the database named, and what is wrong with it
+        if type(exc).__name__ != "HistoryError":
+            raise
+        raise _fail(str(exc), 1) from None
+
+
+_REPLAY_ALL = 1 << 40
+"""``last`` that asks for the whole replay buffer."""
 
 
 async def _tail(rd: str, flt: Filter, kinds: tuple[str, ...], json_out: bool, color: bool, count: int,
-                last: int) -> None:
+                last: int, query: Any = None, history: Callable[[Any], list[Event]] | None = None) -> None:
+    """Print events from the bus (and first from the history, with ``history``).
+
+    The seam of ``--since``: the subscription is opened first (hello: the broker fixes where each
+    kind starts) with a replay of the broker's whole buffer, and only then is the history read.
+    Every event published after the hello arrives live; every event published before it is either
+    in the replay buffer or old enough to have left it, and the history receiver (which is itself a
+    subscriber of that buffer, lagging a little) has stored those unless it lost them too. So
+    history + buffer + live covers everything since ``--since``; the overlap (events both stored and
+    still buffered) is removed by event id, and buffered events older than ``--since`` are skipped.
+    """
     from bus.client import ControlClient, Subscriber
 
     control = ControlClient(protocol.endpoint(rd, protocol.CONTROL))
+    plain = query is None or (query.since is None and not query.devs and not query.hosts)
     # JSON of events the subscription already chose only re-encodes them: typed events decode cheaper
-    sub = Subscriber(protocol.endpoint(rd, protocol.EVENTS), control, kinds, last=last,
-                     decode=decode_wire if json_out and flt.kinds_only() else protocol.unpackb)
+    sub = Subscriber(protocol.endpoint(rd, protocol.EVENTS), control, kinds,
+                     last=_REPLAY_ALL if history is not None else last,
+                     decode=decode_wire if json_out and flt.kinds_only() and plain else protocol.unpackb)
     seen = 0
     out = sys.stdout.buffer
+
+    def write(events: list[Event]) -> None:
+        if json_out:
+            out.write(b"".join([to_json_bytes(e) + b"\n" for e in events]))
+        else:
+            out.write("".join([format_line(e, color) + "\n" for e in events]).encode())
+        out.flush()
+
+    printed: set[str] = set()
     try:
+        if history is not None:
+            await sub.start()
+            stored = await asyncio.get_running_loop().run_in_executor(None, history, query)
+            if count:
+                stored = stored[:count]
+            printed = {e["event_id"] for e in stored}
+            if stored:
+                write(stored)
+            seen = len(stored)
+            if count and seen >= count:
+                return
+        match = None if plain else query.match
         # a batch at a time: one filter pass, one write and one flush for whatever arrived together
         async for runs in sub.runs():
             events = [e for run in runs for e in flt.select(run.events)]
+            if match is not None:
+                events = [e for e in events if e.get("event_type") == "BUS_EVENTS_LOST" or match(e)]
+            if printed:
+                events = [e for e in events if e.get("event_id") not in printed]
             if count:
                 events = events[: count - seen]
             if not events:
                 continue
-            if json_out:
-                out.write(b"".join([to_json_bytes(e) + b"\n" for e in events]))
-            else:
-                out.write("".join([format_line(e, color) + "\n" for e in events]).encode())
-            out.flush()
+            write(events)
             seen += len(events)
             if count and seen >= count:
                 return
@@ -402,9 +464,23 @@ def status(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--j
                    f"{p['events_in']:>9} {p['events_out']:>9} {lag!s:>6}  {_drops(p['dropped'])}"
                    + (f"  [{_drops(p['counters'])}]" if p.get("counters") else "")
                    + (f"  ({p['last_exit']})" if p["state"] in ("failed", "restarting") and p["last_exit"] else ""))
+        for key, text in _status_notes(reply, p["name"]):
+            typer.secho(f"{'':20} {key}: {text}", fg=typer.colors.RED if key == "error" else typer.colors.YELLOW)
     for name, c in b["outside_producers"].items():
         typer.echo(f"{name:20} {'producer':9} {'-':10} {'-':>7} {'-':>8} {c['events_in']:>9} {'-':>9} {'':>6}  "
                    f"{_drops(c['dropped'])}")
+
+
+def _status_notes(reply: dict[str, Any], name: str) -> list[tuple[str, str]]:
+    """The ``error`` and ``warning`` a plugin put in its status file (:meth:`Plugin.write_status`), if any."""
+    try:
+        path = Path(reply["runtime_dir"]) / "status" / f"{name}.json"
+        st = json.loads(path.read_text())
+    except (KeyError, OSError, ValueError):
+        return []
+    if not isinstance(st, dict):
+        return []
+    return [(key, str(st[key])) for key in ("error", "warning") if st.get(key)]
 
 
 @ctl_app.command()

@@ -14,6 +14,7 @@ from bus.ctl_gluster import app as _gluster_app
 from bus.ctl_pg import app as _pg_app
 from bus.ctl_pg import keygen as _pg_keygen
 from bus.ctl_promoter import app as _promoter_app
+from bus.ctl_query import dev_app, query_main
 from bus.ctl_webhook import webhook_app
 from bus.log import configure
 
@@ -26,6 +27,8 @@ ctl_app.add_typer(_promoter_app, name="promoter")
 ctl_app.add_typer(webhook_app, name="webhook")
 ctl_app.add_typer(_pg_app, name="pg")
 ctl_app.command("keygen")(_pg_keygen)
+ctl_app.command("query")(query_main)
+ctl_app.add_typer(dev_app, name="dev")
 
 
 def busctl() -> None:
