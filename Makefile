@@ -54,6 +54,7 @@ bench: venv
 	-$(BIN)/python bench/kmsg.py
 	-$(BIN)/python bench/webhook.py
 	-$(BIN)/python bench/websocket.py
+	-$(BIN)/python bench/nats.py
 	-$(BIN)/python bench/history.py
 	$(BIN)/python bench/report.py
 
