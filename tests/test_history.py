@@ -141,3 +141,32 @@ def test_dev_info(bus: Bus, tmp_path: Path) -> None:
     assert [e["msg"] for e in info["events"]["error"]] == ["err"]
     assert [e["msg"] for e in info["events"]["warn"]] == ["warn"]
     assert [e["msg"] for e in info["events"]["info"]] == ["renamed"]
+
+
+def test_disk_full_error_then_recovery(bus: Bus) -> None:
+    import subprocess
+
+    mnt = bus.base / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        import pytest
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        bus.write(history_conf(path=str(mnt / "history.sqlite"), max_bytes=0))
+        bus.start()
+        bus.wait_running("hist")
+        filler = mnt / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until full
+        sent = [ev("scsi", "FULL", "x" * 200, event_id=str(uuid.uuid4())) for _ in range(3000)]
+        bus.emit(sent)
+        wait_for(lambda: counter(bus, "pending") > 0, what="events pending on a full disk")
+        assert "full" in bus.run("busctl", "status").stdout
+        assert "history_write_failed" in bus.read_log()
+        filler.unlink()
+        wait_for(lambda: counter(bus, "stored") == len(sent) and counter(bus, "pending") == 0, what="recovered")
+        assert {e["event_id"] for e in query(bus)} == {e["event_id"] for e in sent}
+        assert counter(bus, "lost") == 0
+        assert "full" not in bus.run("busctl", "status").stdout
+    finally:
+        bus.close()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
