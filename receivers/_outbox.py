@@ -13,6 +13,7 @@ a hop to a worker thread, and it keeps the outbox free of locking.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import sqlite3
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KEEP_DELIVERED", "Outbox", "OutboxLocked", "Row"]
+__all__ = ["KEEP_DELIVERED", "Outbox", "OutboxLocked", "Row", "next_rows"]
 
 KEEP_DELIVERED = 10_000
 """Delivered rows kept to recognise an event the bus delivers again; older ones are deleted."""
@@ -203,3 +204,25 @@ class Outbox:
         """Return the depth, the age of the oldest event and the totals, for status output."""
         return {"depth": self.depth, "oldest": self.oldest(),
                 **{k: v for k, v in self.totals.items() if k != "cursor"}}
+
+
+async def next_rows(outbox: Outbox, wake: asyncio.Event, limit: int, save_interval: float) -> list[Row]:
+    """Return the next waiting rows (up to ``limit``), waiting on ``wake`` while the outbox is empty.
+
+    The delivery loop of the webhook and nats receivers: while nothing waits, the cursor is saved
+    once it has stood still ``save_interval`` seconds (not after each delivery: a crash resends at
+    most that much). ``wake`` is cleared before the read, so an event queued after it sets it again.
+    """
+    while True:
+        wake.clear()
+        rows = outbox.peek(limit)
+        if rows:
+            return rows
+        if outbox.unsaved:
+            try:
+                async with asyncio.timeout(save_interval):
+                    await wake.wait()
+            except TimeoutError:
+                outbox.save()
+        else:
+            await wake.wait()

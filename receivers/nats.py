@@ -63,7 +63,7 @@ from bus.config import Option
 from bus.event import Event, to_json_bytes
 from bus.exceptions import ConfigError
 from bus.plugin import Receiver, run
-from receivers._outbox import Outbox, Row
+from receivers._outbox import Outbox, Row, next_rows
 from receivers._retry import Outage
 
 OPTIONS = {
@@ -380,18 +380,7 @@ class Nats(Receiver):
         assert outbox is not None
         while True:
             try:
-                self.wake.clear()  # no await until the peek: an event queued after it sets wake again
-                rows = outbox.peek(self.options["window"])
-                if not rows:
-                    if outbox.unsaved:
-                        try:
-                            async with asyncio.timeout(SAVE_INTERVAL):
-                                await self.wake.wait()
-                        except TimeoutError:
-                            outbox.save()
-                    else:
-                        await self.wake.wait()
-                    continue
+                rows = await next_rows(outbox, self.wake, self.options["window"], SAVE_INTERVAL)
                 cutoff = time.time() - self.options["outbox_max_age"]
                 if rows[0].created < cutoff:
                     n = outbox.expire(cutoff)

@@ -42,7 +42,8 @@ than 5 minutes away from its clock (:func:`verify_signature`). Every request als
 Delivery guarantees: every matching event is committed to the webhook's outbox (SQLite, WAL mode,
 ``<[main] state_dir>/<plugin>/<name>.sqlite``, or under the ``state_dir`` option) before the receiver
 reports it handled to busd, so a crash, restart or reload of busd or of the receiver loses nothing:
-the bus replays what was not reported, the outbox keeps what was. An event leaves the outbox only after a 2xx answer. Per webhook, events
+the bus replays what was not reported, the outbox keeps what was. An event leaves the outbox only
+after a 2xx answer. Per webhook, events
 go out oldest first (with ``concurrency = N``, a sliding window of N requests in flight on N
 keep-alive connections: order may vary within those N); a failed request (no connection, timeout,
 5xx, any 4xx not listed in ``reject_status``) is retried with exponential backoff and jitter (0.25 s
@@ -95,7 +96,7 @@ from bus.config import Option, check_table
 from bus.event import Event, new_event, to_json
 from bus.filter import Filter, FilterError
 from bus.plugin import Receiver, run
-from receivers._outbox import Outbox, Row
+from receivers._outbox import Outbox, Row, next_rows
 from receivers._retry import Outage
 
 FORMATS = ("gluster", "busd")
@@ -589,18 +590,7 @@ class Webhook(Receiver):
         while True:
             outbox = await self._outbox(hook)
             try:
-                hook.wake.clear()  # no await until the peek: an event queued after it sets wake again
-                rows = outbox.peek(BATCH)
-                if not rows:
-                    if outbox.unsaved:
-                        try:
-                            async with asyncio.timeout(SAVE_INTERVAL):
-                                await hook.wake.wait()
-                        except TimeoutError:
-                            outbox.save()
-                    else:
-                        await hook.wake.wait()
-                    continue
+                rows = await next_rows(outbox, hook.wake, BATCH, SAVE_INTERVAL)
                 cutoff = time.time() - hook.settings["max_age"]
                 if rows[0].created < cutoff:
                     self._dropped(hook, "expired", outbox.expire(cutoff))
