@@ -200,10 +200,12 @@ class PluginConfig:
     def masked_table(self) -> dict[str, Any]:
         """Return the table with the built-in's secrets (its ``SECRET_OPTIONS``) shown as ``"***"``: what
         may be printed or logged."""
-        secrets: tuple[str, ...] = ()
-        if self.builtin is not None:
-            module = importlib.import_module(builtin_module(self.type, self.builtin))
-            secrets = getattr(module, "SECRET_OPTIONS", ())
+        if self.builtin is None:
+            return dict(self.table)
+        module = importlib.import_module(builtin_module(self.type, self.builtin))
+        if hasattr(module, "masked"):
+            return dict(module.masked(self.table))
+        secrets = getattr(module, "SECRET_OPTIONS", ())
         return {k: "***" if k in secrets and v else v for k, v in self.table.items()}
 
     def table_json(self) -> str:
@@ -453,7 +455,8 @@ def _check_builtin_options(file: str, key: str, ptype: str, builtin: str, table:
     for opt_key, opt in options.items():
         if opt.default is _REQUIRED and opt_key not in table:
             raise ConfigError(file, f"{key}.{opt_key}", f"is required by built-in {ptype} {builtin!r}")
-    _check_secrets(file, key, table, getattr(module, "SECRET_OPTIONS", ()))
+    held = getattr(module, "held_secrets", None)
+    _check_secrets(file, key, held(table) if held else [k for k in getattr(module, "SECRET_OPTIONS", ()) if table.get(k)])
     check = getattr(module, "check_options", None)
     if check is not None:
         try:
@@ -462,9 +465,9 @@ def _check_builtin_options(file: str, key: str, ptype: str, builtin: str, table:
             raise _nested_error(file, key, exc) from None
 
 
-def _check_secrets(file: str, key: str, table: dict[str, Any], secrets: tuple[str, ...]) -> None:
-    """Refuse a secret (a built-in's ``SECRET_OPTIONS``: password, token...) in a file everyone may read."""
-    held = [k for k in secrets if table.get(k)]
+def _check_secrets(file: str, key: str, held: list[str]) -> None:
+    """Refuse secrets (the keys ``held``: a built-in's ``SECRET_OPTIONS`` set in its table, or what its
+    ``held_secrets(table)`` names) in a file everyone may read."""
     if not held:
         return
     try:

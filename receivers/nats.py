@@ -40,11 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import sqlite3
 import ssl
-import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,7 +59,6 @@ from nats.js.api import StorageType, StreamConfig
 
 from bus.config import Option
 from bus.event import Event, to_json_bytes
-from bus.exceptions import ConfigError
 from bus.plugin import Receiver, run
 from receivers._outbox import Outbox, Row, next_rows
 from receivers._retry import Outage
@@ -95,7 +92,7 @@ OPTIONS = {
 }
 
 SECRET_OPTIONS = ("password", "token")
-"""Options refused in a world-readable file and masked by ``busd --check`` (see :func:`check_secrets`)."""
+"""Options refused in a world-readable file and masked by ``busd --check`` (see :func:`held_secrets`)."""
 
 SAVE_INTERVAL = 0.05
 """Seconds between two saves of the outbox cursor while delivering (what a crash may send again)."""
@@ -153,24 +150,20 @@ def check_options(options: dict[str, Any]) -> None:
         raise ValueError("tls_cert: give tls_cert and tls_key together")
 
 
-def check_secrets(file: str, table: Mapping[str, Any], key: str = "plugins.nats") -> None:
-    """Refuse NATS secrets in a file everyone may read: ``password``, ``token`` or a server URL with a password.
-
-    Raises:
-        ConfigError: ``(file, "<key>.<option>", reason)``.
-    """
+def held_secrets(table: Mapping[str, Any]) -> list[str]:
+    """Return the keys of ``table`` that hold a secret: ``password``, ``token`` or a server URL with one
+    (``servers[i]``); :mod:`bus.config` refuses them in a world-readable file."""
     held = [k for k in SECRET_OPTIONS if table.get(k)]
-    held += [f"servers[{i}]" for i, url in enumerate(table.get("servers") or [])
-             if isinstance(url, str) and "@" in urlsplit(url).netloc]
-    if not held:
-        return
-    try:
-        mode = os.stat(file).st_mode
-    except OSError:
-        return  # not a file on disk: nothing to protect
-    if mode & stat.S_IROTH:
-        raise ConfigError(file, f"{key}.{held[0]}", f"holds a NATS secret but the file is readable by everyone "
-                                                    f"(mode {stat.S_IMODE(mode):04o}): chmod o-r {file}")
+    return held + [f"servers[{i}]" for i, url in enumerate(table.get("servers") or [])
+                   if isinstance(url, str) and "@" in urlsplit(url).netloc]
+
+
+def masked(table: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``table`` fit to print: secrets as ``***``, server URLs redacted (:func:`redact`)."""
+    out = {k: "***" if k in SECRET_OPTIONS and v else v for k, v in table.items()}
+    if isinstance(out.get("servers"), list):
+        out["servers"] = [redact(u) if isinstance(u, str) else u for u in out["servers"]]
+    return out
 
 
 def stream_config(options: Mapping[str, Any]) -> StreamConfig:

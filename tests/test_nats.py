@@ -102,17 +102,16 @@ def test_world_readable_config_with_a_secret_is_refused(tmp_path: Path) -> None:
     conf.write_text('[plugins.nats]\ntype = "receiver"\nbuiltin = "nats"\nuser = "busd"\npassword = "pw"\n')
     conf.chmod(0o644)
     with pytest.raises(ConfigError) as err:
-        rn.check_secrets(str(conf), {"user": "busd", "password": "pw"})
-    assert err.value.args[:2] == (str(conf), "plugins.nats.password") or "plugins.nats.password" in str(err.value)
-    assert "readable by everyone" in str(err.value) and str(conf) in str(err.value)
-    with pytest.raises(ConfigError, match="servers\\[0\\]"):
-        rn.check_secrets(str(conf), {"servers": ["nats://u:pw@h:4222"]})
-    # the same refusal through the configuration loader (SECRET_OPTIONS), and fine once o-r
-    with pytest.raises(ConfigError, match="password"):
+        load(conf)
+    assert str(err.value).startswith(f"{conf}: plugins.nats.password: holds a secret but the file is readable "
+                                     "by everyone (mode 0644)")
+    conf.write_text('[plugins.nats]\ntype = "receiver"\nbuiltin = "nats"\nservers = ["nats://u:pw@h:4222"]\n')
+    with pytest.raises(ConfigError, match=r"plugins\.nats\.servers\[0\]: holds a secret"):
         load(conf)
     conf.chmod(0o640)
-    rn.check_secrets(str(conf), {"user": "busd", "password": "pw"})
-    load(conf)
+    cfg = load(conf)
+    # busd --check prints the table masked
+    assert cfg.plugins["nats"].masked_table()["servers"] == ["nats://u:***@h:4222"]
 
 
 def test_bad_options_are_refused(tmp_path: Path) -> None:
