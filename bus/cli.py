@@ -16,7 +16,7 @@ import typer
 from bus import __version__, protocol
 from bus.config import Config, MainConfig, default_path, load, peek_main
 from bus.event import KINDS, Event, decode_wire, from_json_lines, new_event, to_json_bytes
-from bus.exceptions import ConfigError, ControlError, EventError
+from bus.exceptions import ConfigError, ControlError, EventError, FleetError, HistoryError
 from bus.filter import Filter, FilterError
 from bus.log import configure
 
@@ -134,12 +134,17 @@ def tail_main(
                                                               "ISO time; receiver history)")] = None,
     dev: Annotated[list[str] | None, typer.Option("--dev", help="only this device name or WWID (repeatable)")] = None,
     host: Annotated[list[str] | None, typer.Option("--host", help="only this host (repeatable)")] = None,
+    fleet: Annotated[bool, typer.Option("--fleet", help="every node's events, from NATS JetStream (receiver nats)")] = False,
+    server: Annotated[str | None, typer.Argument(help="with --fleet: the NATS server (default: the nats receiver's)",
+                                                 show_default=False)] = None,
     version: VersionOpt = False,
 ) -> None:
     """Print events as they are published, one per line, until interrupted or --count is reached.
 
     With ``--since``, the stored events (receiver ``history``) since then come first, then the live
-    ones, with no gap and no duplicate at the seam (see :func:`_tail`).
+    ones, with no gap and no duplicate at the seam (see :func:`_tail`). With ``--fleet [nats://...]``
+    the events of every node come from the fleet's JetStream stream instead (``--since`` reads it
+    from then on, one ordered stream: no seam at all); each line names its host.
     """
     from bus.query import Query, QueryError, parse_time
 
@@ -151,6 +156,11 @@ def tail_main(
         raise _fail(str(exc).replace("filter.", "--").replace("_", "-")) from None
     except QueryError as exc:
         raise _fail(str(exc)) from None
+    if server is not None and not fleet:
+        raise _fail(f"{server!r}: a server is given only with --fleet")
+    if fleet:
+        _tail_fleet(_load(config), server, query, json_out, count)
+        return
     history: Callable[[Any], list[Event]] | None = None
     if since:
         from bus.ctl_query import find_database, local_source
@@ -166,11 +176,31 @@ def tail_main(
         _run(_tail(rd, flt, kinds, json_out, color, count, last, query, history))
     except KeyboardInterrupt:
         pass
-    except ControlError as exc:
+    except (ControlError, HistoryError) as exc:
         raise _fail(str(exc), 1) from None
-    except Exception as exc:  # HistoryError: the database named, and what is wrong with it
-        if type(exc).__name__ != "HistoryError":
-            raise
+
+
+def _tail_fleet(cfg: Config, server: str | None, query: Any, json_out: bool, count: int) -> None:
+    """``bus-tail --fleet``: follow the fleet's stream (:func:`bus.fleet.fleet_follow`)."""
+    color = not json_out and sys.stdout.isatty()
+
+    async def follow() -> None:
+        from bus.fleet import fleet_follow
+
+        seen = 0
+        out = sys.stdout.buffer
+        async for event in fleet_follow(cfg, server, query, since=query.since):
+            out.write(to_json_bytes(event) + b"\n" if json_out else (format_line(event, color) + "\n").encode())
+            out.flush()
+            seen += 1
+            if count and seen >= count:
+                return
+
+    try:
+        _run(follow())
+    except KeyboardInterrupt:
+        pass
+    except FleetError as exc:
         raise _fail(str(exc), 1) from None
 
 

@@ -19,11 +19,12 @@ from typing import Annotated, Any
 
 import typer
 
-from bus.cli import _ctl_options, _fail, _load, format_line
+from bus.cli import _ctl_options, _fail, _load, _run, format_line
 from bus.config import Config, plugin_options
 from bus.event import Event, to_json_bytes
+from bus.exceptions import FleetError, HistoryError
 from bus.filter import Filter, FilterError
-from bus.history import History, HistoryError
+from bus.history import History
 from bus.query import Query, QueryError, parse_time
 
 __all__ = ["choose_source", "dev_app", "find_database", "parse_query", "query_main"]
@@ -87,8 +88,20 @@ def local_source(path: Path) -> Source:
     return query
 
 
-def choose_source(cfg: Config, receiver: str | None) -> Source:
-    """The one place a command picks where past events come from (``--fleet`` goes here)."""
+def fleet_source(cfg: Config, server: str | None) -> Source:
+    """Return a source reading the fleet's JetStream stream (:func:`bus.fleet.fleet_query`)."""
+    def query(q: Query) -> list[Event]:
+        from bus.fleet import fleet_query
+
+        events: list[Event] = _run(fleet_query(cfg, server, q))
+        return events
+    return query
+
+
+def choose_source(cfg: Config, receiver: str | None, fleet: bool = False, server: str | None = None) -> Source:
+    """The one place a command picks where past events come from: this node's history, or the fleet."""
+    if fleet:
+        return fleet_source(cfg, server)
     return local_source(find_database(cfg, receiver))
 
 
@@ -119,19 +132,25 @@ def query_main(
     limit: Annotated[int | None, typer.Option("--limit", help="the newest N matching events")] = None,
     receiver: Annotated[str | None, typer.Option("--receiver", help="which history receiver's database")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    fleet: Annotated[bool, typer.Option("--fleet", help="every node's events, from NATS JetStream (receiver nats)")] = False,
+    server: Annotated[str | None, typer.Argument(help="with --fleet: the NATS server (default: the nats receiver's)",
+                                                 show_default=False)] = None,
 ) -> None:
-    """Print stored events (receiver ``history``), oldest first, with the filter words of bus-tail."""
+    """Print stored events (receiver ``history``, or with ``--fleet`` the fleet's stream), oldest first,
+    with the filter words of bus-tail."""
     try:
         q = parse_query(system, severity, event_type, kind, since, until, dev, host, limit)
     except QueryError as exc:
         raise _fail(str(exc)) from None
+    if server is not None and not fleet:
+        raise _fail(f"{server!r}: a server is given only with --fleet")
     cfg = _config()
     try:
-        source = choose_source(cfg, receiver)
+        source = choose_source(cfg, receiver, fleet, server)
         events = source(q)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    except HistoryError as exc:
+    except (HistoryError, FleetError) as exc:
         raise _fail(str(exc), 1) from None
     write_events(events, json_out)
 

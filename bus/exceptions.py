@@ -10,7 +10,9 @@ Hierarchy::
 
 from __future__ import annotations
 
-__all__ = ["BusError", "ConfigError", "ControlError", "EventError"]
+from pathlib import Path
+
+__all__ = ["BusError", "ConfigError", "ControlError", "EventError", "FleetError", "HistoryError"]
 
 
 class BusError(Exception):
@@ -52,3 +54,18 @@ class BadInput(BusError, ValueError):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class HistoryError(BusError):
+    """The history database cannot be used; the message names the file and what is wrong with it."""
+
+    def __init__(self, path: Path | str, reason: str, *, corrupt: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+        self.corrupt = corrupt
+        """The file is there but is no SQLite database (or a damaged one)."""
+
+
+class FleetError(BusError, RuntimeError):
+    """The fleet cannot be read: no ``nats`` receiver configured, no server, no stream (message says which)."""

@@ -11,6 +11,7 @@ consumer); :meth:`Query.match` decides the rest, so the answer is the same as th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import heapq
 import json
@@ -27,6 +28,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus.config import Config, plugin_options
 from bus.event import Event
+from bus.exceptions import FleetError
 from bus.query import Query
 
 __all__ = ["FleetError", "FleetOptions", "connection", "fleet_follow", "fleet_query", "subject_filter"]
@@ -36,10 +38,6 @@ CLOCK_SKEW = 300.0
 
 IDLE_TIMEOUT = 10.0
 """Seconds :func:`fleet_query` waits for the next message the server said is pending before giving up."""
-
-
-class FleetError(RuntimeError):
-    """The fleet cannot be read: no ``nats`` receiver configured, no server, no stream (message says which)."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +176,8 @@ async def fleet_follow(cfg: Config, url: str | None, query: Query, since: float 
         FleetError: no server or no stream.
     """
     opts = connection(cfg, url)
+    if since is not None and (query.since is None or query.since < since):
+        query = dataclasses.replace(query, since=since)  # the store-time start is earlier by CLOCK_SKEW
     nc = await _connect(opts)
     try:
         js = nc.jetstream()

@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from bus import protocol
 from bus.event import Event, severity_rank
+from bus.exceptions import HistoryError
 from bus.query import Query
 
 __all__ = ["History", "HistoryError", "is_full"]
@@ -55,17 +56,6 @@ CREATE INDEX IF NOT EXISTS events_dev_wwid ON events (dev_wwid) WHERE dev_wwid !
 """
 _INSERT = ("INSERT OR IGNORE INTO events (event_id, timestamp, hostname, severity, system, kind, event_type, "
            "dev_name, dev_wwid, msg, source, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
-
-class HistoryError(Exception):
-    """The history database cannot be used; the message names the file and what is wrong with it."""
-
-    def __init__(self, path: Path | str, reason: str, *, corrupt: bool = False) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
-        self.corrupt = corrupt
-        """The file is there but is no SQLite database (or a damaged one)."""
 
 
 def is_full(exc: BaseException) -> bool:

@@ -175,9 +175,9 @@ def test_three_nodes_publish_and_fleet_query_sees_every_host(nodes: list[Bus], n
 
     async def follow() -> list[Any]:
         got: list[Any] = []
-        agen = fleet.fleet_follow(cfg, None, Query(Filter.parse({}), hosts=("node2",)), None)
+        # from a point in time: what is emitted after it arrives, however late the subscription starts
+        agen = fleet.fleet_follow(cfg, None, Query(Filter.parse({}), hosts=("node2",)), since=time.time())
         task = asyncio.ensure_future(agen.__anext__())
-        await asyncio.sleep(0.5)  # the subscription is live from now: emit after it
         await asyncio.to_thread(nodes[2].emit, synthetic(3, host="node2", system="lvm", start=100))
         got.append(await asyncio.wait_for(task, 10))
         while len(got) < 3:
@@ -187,6 +187,15 @@ def test_three_nodes_publish_and_fleet_query_sees_every_host(nodes: list[Bus], n
     live = asyncio.run(follow())
     assert [e["msg"] for e in live] == ["event 100", "event 101", "event 102"]
     assert {e["hostname"] for e in live} == {"node2"}
+
+    # the same through the commands: busctl query --fleet and bus-tail --fleet URL, each line its host
+    out = nodes[0].run("busctl", "query", "--fleet", "--host", "node1", "--json").stdout
+    assert [json.loads(line)["hostname"] for line in out.splitlines()] == ["node1"] * 20
+    table = nodes[0].run("busctl", "query", "--fleet", natsd.url, "--system", "lvm", "--limit", "2").stdout
+    assert [line.split()[1] for line in table.splitlines()] == ["node2", "node2"]
+    tail = nodes[1].run("bus-tail", "--fleet", natsd.url, "--since", "1h", "--host", "node0", "--count", "20",
+                        "--json").stdout
+    assert [json.loads(line)["msg"] for line in tail.splitlines()] == [f"event {i}" for i in range(20)]
 
 
 # -- outages ----------------------------------------------------------------------------------------
