@@ -1,5 +1,5 @@
 """Receiver ``history``: every event it receives stored in a local SQLite file, for ``busctl query``,
-``bus-tail --since`` and ``busctl dev info`` (see :mod:`bus.history` and docs/history.md).
+``bus-tail --since`` and ``busctl dev info`` (see :mod:`bus.history` and docs/operators.md, "History").
 
 Which events: the plugin's ``filter`` (default: synthetic events; ``filter = { kind = "all" }``
 stores raw ones too). Each batch the bus delivers is one transaction, committed before

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Bus, outliving_plugins, wait_for
+from conftest import Bus, outliving_plugins, shipped_example, wait_for
 from natsserver import NatsServer, stream_count, stream_messages
 
 from bus.config import load
@@ -119,6 +119,13 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
     conf.write_text('[plugins.nats]\ntype = "receiver"\nbuiltin = "nats"\nservers = ["http://x"]\n')
     with pytest.raises(ConfigError, match="servers"):
         load(conf)
+
+
+def test_shipped_example_loads(tmp_path: Path) -> None:
+    """The commented [plugins.nats] block of conf/busd.toml is a valid configuration as it stands."""
+    cfg = shipped_example(tmp_path, "nats")
+    table = cfg.plugins["nats"].table
+    assert table["servers"] == ["nats://nats1.example.com:4222"] and table["creds"] == "/etc/busd/busd.creds"
 
 
 # -- one node ---------------------------------------------------------------------------------------
