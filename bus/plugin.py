@@ -45,7 +45,7 @@ from bus.flood import FloodControl
 from bus.log import configure, get_logger
 from bus.zsock import Readiness, has_message, recv_message, sync_context
 
-__all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run", "stop_process", "write_atomic"]
+__all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run", "stop_process", "stop_tasks", "write_atomic"]
 
 HandleResult = Event | Iterable[Event] | None
 
@@ -95,6 +95,19 @@ async def stop_process(proc: asyncio.subprocess.Process, *, group: bool = False,
             async with asyncio.timeout(reap_timeout):
                 await proc.wait()
     return proc.returncode is not None
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], log: Any, event: str) -> None:
+    """Cancel ``tasks`` and wait for each; one that had failed is logged as ``event`` with its traceback."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception(event, task=task.get_name())
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -59,7 +59,7 @@ from nats.js.api import StorageType, StreamConfig
 
 from bus.config import Option
 from bus.event import Event, to_json_bytes
-from bus.plugin import Receiver, run
+from bus.plugin import Receiver, run, stop_tasks
 from receivers._outbox import Outbox, Row, next_rows
 from receivers._retry import Outage
 
@@ -471,15 +471,7 @@ class Nats(Receiver):
 
     async def teardown(self) -> None:
         """Stop delivering, save the outbox, close the connection, write the final status."""
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                self.log.exception("nats_task_failed", task=task.get_name())
+        await stop_tasks(self.tasks, self.log, "nats_task_failed")
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 1.0)

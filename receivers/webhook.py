@@ -95,7 +95,7 @@ from bus import __version__
 from bus.config import Option, check_table
 from bus.event import Event, new_event, to_json
 from bus.filter import Filter, FilterError
-from bus.plugin import Receiver, run
+from bus.plugin import Receiver, run, stop_tasks
 from receivers._outbox import Outbox, Row, next_rows
 from receivers._retry import Outage
 
@@ -756,15 +756,7 @@ class Webhook(Receiver):
 
     async def teardown(self) -> None:
         """Stop delivering, save every outbox, report pending drops and write the final status."""
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                self.log.exception("webhook_task_failed", task=task.get_name())
+        await stop_tasks(self.tasks, self.log, "webhook_task_failed")
         for hook in self.hooks:
             await hook.sender.close()
             await self._report(hook, timeout=1.0)
