@@ -110,14 +110,36 @@ def test_since_seam_no_gap_no_duplicate(bus: Bus) -> None:
     bus.emit(before)
     wait_for(lambda: counter(bus, "stored") >= 150, what="some stored")
     import subprocess
+    import threading
 
     from conftest import BIN
-    after = [ev("scsi", "NEW", str(i), event_id=str(uuid.uuid4())) for i in range(2000)]
+    after = [ev("scsi", "NEW", str(i), event_id=str(uuid.uuid4())) for i in range(3000)]
     total = len(before) + len(after)
+    # a live stream of 1 000 events/s through one bus-emit (each line leaves as it is written)
+    emitter = subprocess.Popen([str(BIN / "bus-emit"), "--config", str(bus.config)], stdin=subprocess.PIPE, text=True)
+    halfway = threading.Event()
+
+    def feed() -> None:
+        assert emitter.stdin is not None
+        start = time.monotonic()
+        for i, event in enumerate(after):
+            emitter.stdin.write(json.dumps(event) + "\n")
+            emitter.stdin.flush()
+            if i == 1000:
+                halfway.set()
+            pause = start + (i + 1) / 1000 - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)  # pacing the stream, not waiting for anything
+        emitter.stdin.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    assert halfway.wait(30)
+    # bus-tail starts in the middle of the stream: history, then the broker's buffer, then live
     tail = subprocess.Popen([str(BIN / "bus-tail"), "--config", str(bus.config), "--json", "--kind", "all",
                              "--since", "1h", "--count", str(total)], stdout=subprocess.PIPE, text=True)
-    for i in range(0, len(after), 100):  # a live stream while bus-tail starts and reads the history
-        bus.emit(after[i:i + 100])
+    feeder.join()
+    assert emitter.wait(30) == 0
     out, _ = tail.communicate(timeout=60)
     ids = [json.loads(line)["event_id"] for line in out.splitlines()]
     assert len(ids) == total and set(ids) == {e["event_id"] for e in before + after}
