@@ -81,6 +81,18 @@ def test_retention_by_age_and_bytes(tmp_path: Path) -> None:
     assert newest[0]["event_id"] == events[-1]["event_id"]
 
 
+def test_running_receiver_prunes_by_age(bus: Bus) -> None:
+    """Retention runs continuously in the receiver: what is older than max_age goes, the rest stays."""
+    bus.write(history_conf(max_age=3600))
+    bus.start()
+    bus.wait_running("hist")
+    old = [ev("scsi", "OLD", str(i), timestamp=time.time() - 7200) for i in range(50)]
+    new = [ev("scsi", "NEW", str(i)) for i in range(50)]
+    bus.emit(old + new)
+    wait_for(lambda: counter(bus, "stored") == 100 and counter(bus, "pruned") == 50, what="the old half pruned")
+    assert [e["event_type"] for e in query(bus)] == ["NEW"] * 50
+
+
 def test_garbage_database_moved_aside(bus: Bus) -> None:
     path = bus.state_dir / "hist" / "history.sqlite"
     path.parent.mkdir(parents=True)
