@@ -97,6 +97,9 @@ SECRET_OPTIONS = ("password", "token")
 SAVE_INTERVAL = 0.05
 """Seconds between two saves of the outbox cursor while delivering (what a crash may send again)."""
 
+_CLOSED = ("ConnectionResetError", "BrokenPipeError", "UnexpectedEOF", "ConnectionClosedError")
+"""How a connection the server closed is described (:func:`describe`)."""
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -446,7 +449,13 @@ class Nats(Receiver):
     # -- status --------------------------------------------------------------------------------
 
     def _error(self, error: str) -> None:
-        self.last_error = {"time": time.time(), "error": error}
+        now = time.time()
+        last = self.last_error or {}
+        # a server that refuses credentials says why, then closes: the reset that follows is no news
+        if (error.startswith(_CLOSED) and str(last.get("error", "")).startswith("authorization refused")
+                and now - float(last.get("time", 0.0)) < 5.0):
+            error = str(last["error"])
+        self.last_error = {"time": now, "error": error}
         self._status_dirty.set()
 
     def status(self) -> dict[str, Any]:
