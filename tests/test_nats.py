@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -283,3 +285,40 @@ def test_existing_stream_with_other_settings_is_kept_with_a_warning(bus: Bus, na
     warning = next(r for r in bus.log_records() if r.get("event") == "nats_stream_differs")
     assert warning["differences"]["duplicate_window"] == [3600.0, 120.0]
     assert os.environ.get("PYTEST_CURRENT_TEST")  # sanity: running under pytest
+
+
+# -- TLS --------------------------------------------------------------------------------------------
+
+def _certificates(base: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (openssl, as an operator would)."""
+    ca_key, ca, key, csr, cert = (base / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=busd test CA"])
+    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"])
+    ext = base / "san.cnf"
+    ext.write_text("subjectAltName = IP:127.0.0.1\n")
+    run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", ext])
+    return ca, cert, key
+
+
+def test_tls_server_verified_with_the_configured_ca(bus: Bus) -> None:
+    """tls:// with tls_ca delivers; without the CA the certificate is refused, clearly, and nothing is sent."""
+    base = Path(tempfile.mkdtemp(prefix="natstls", dir="/tmp"))
+    ca, cert, key = _certificates(base)
+    server = NatsServer(base, "--tls", "--tlscert", str(cert), "--tlskey", str(key))
+    server.start()
+    try:
+        url = server.url.replace("nats://", "tls://")
+        bus.write({"nats": receiver(url, tls_ca=str(ca)), "natsnoca": receiver(url, stream="NOCA")})
+        bus.start()
+        bus.emit(synthetic(10))
+        wait_for(lambda: status(bus).get("delivered", 0) >= 10, 20, "delivered over TLS")
+        error = wait_for(lambda: (e := (status(bus, "natsnoca").get("last_error") or {}).get("error", ""))
+                         and "certificate" in e.lower() and e, 20, "a certificate error")
+        assert "verify" in error.lower(), error
+        assert status(bus, "natsnoca")["delivered"] == 0 and status(bus, "natsnoca")["depth"] == 10
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
