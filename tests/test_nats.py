@@ -322,3 +322,30 @@ def test_tls_server_verified_with_the_configured_ca(bus: Bus) -> None:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_nkey_seed_file_authenticates(bus: Bus) -> None:
+    """nkeys_seed: the receiver signs the server's nonce with the seed file; the seed never reaches the log."""
+    import nacl.signing
+    import nkeys
+
+    base = Path(tempfile.mkdtemp(prefix="natsnk", dir="/tmp"))
+    seed = nkeys.encode_seed(bytes(nacl.signing.SigningKey.generate()), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    (base / "user.nk").write_bytes(seed)
+    (base / "user.nk").chmod(0o600)
+    (base / "auth.conf").write_text(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    server = NatsServer(base, "-c", str(base / "auth.conf"))
+    server.start()
+    try:
+        bus.write({"nats": receiver(server.url, nkeys_seed=str(base / "user.nk")),
+                   "natsnone": receiver(server.url, stream="NONE")})
+        bus.start()
+        bus.emit(synthetic(10))
+        wait_for(lambda: status(bus).get("delivered", 0) >= 10, 20, "delivered with the nkey")
+        wait_for(lambda: "authorization" in str((status(bus, "natsnone").get("last_error") or {}).get("error", "")),
+                 20, "no credentials refused")
+        assert seed.decode() not in bus.read_log()
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
