@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-from pgcluster import free_port
+from pgcluster import free_port, wait_server
 
 CONFIG = """\
 global
@@ -83,18 +82,8 @@ class HAProxyProc:
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.config)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"haproxy exited {self.proc.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if "be_name" in self.command("show servers state"):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"haproxy's stats socket did not answer:\n{self.log_path.read_text()}")
-            time.sleep(0.02)
+        wait_server(self.proc, lambda: "be_name" in self.command("show servers state"), self.log_path, "haproxy",
+                    timeout)
 
     def command(self, command: str) -> str:
         """Run one runtime API command and return the answer."""

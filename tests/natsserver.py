@@ -6,18 +6,12 @@ import asyncio
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
+from pgcluster import free_port, wait_server
+
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
-
-
-def free_port() -> int:
-    """Return a TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NatsServer:
@@ -42,19 +36,11 @@ class NatsServer:
         self.proc = subprocess.Popen([NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port),
                                       "-sd", str(self.store), *self.args], stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"nats-server exited {self.proc.returncode}:\n{self.log_path.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    if s.recv(4096).startswith(b"INFO") and "Server is ready" in self.log_path.read_text():
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nats-server not ready after {timeout} s:\n{self.log_path.read_text()[-2000:]}")
-            time.sleep(0.02)
+
+        def ready() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                return s.recv(4096).startswith(b"INFO") and "Server is ready" in self.log_path.read_text()
+        wait_server(self.proc, ready, self.log_path, "nats-server", timeout)
 
     def kill(self) -> None:
         """SIGKILL the server (what a crash does) and reap it."""

@@ -46,7 +46,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_server(proc: subprocess.Popen[bytes], ready: Callable[[], bool], log_path: Path, what: str,
+                timeout: float) -> None:
+    """Wait until ``ready()`` (a probe of the server itself; ``OSError`` counts as not yet), failing with
+    the log's tail if ``proc`` exits or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not ready after {timeout} s:\n{log_path.read_text()[-2000:]}")
+        time.sleep(0.02)
 
 
 class PgError(RuntimeError):
