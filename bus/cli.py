@@ -120,6 +120,16 @@ def format_line(event: Event, color: bool) -> str:
     return text
 
 
+def write_events(events: list[Event], json_out: bool, color: bool) -> None:
+    """Print events to stdout in one write: JSON Lines with ``json_out``, else one readable line each."""
+    out = sys.stdout.buffer
+    if json_out:
+        out.write(b"".join([to_json_bytes(e) + b"\n" for e in events]))
+    else:
+        out.write("".join([format_line(e, color) + "\n" for e in events]).encode())
+    out.flush()
+
+
 @tail_app.command()
 def tail_main(
     config: ConfigOpt = None,
@@ -188,10 +198,8 @@ def _tail_fleet(cfg: Config, server: str | None, query: Any, json_out: bool, cou
         from bus.fleet import fleet_follow
 
         seen = 0
-        out = sys.stdout.buffer
         async for event in fleet_follow(cfg, server, query, since=query.since):
-            out.write(to_json_bytes(event) + b"\n" if json_out else (format_line(event, color) + "\n").encode())
-            out.flush()
+            write_events([event], json_out, color)
             seen += 1
             if count and seen >= count:
                 return
@@ -229,15 +237,6 @@ async def _tail(rd: str, flt: Filter, kinds: tuple[str, ...], json_out: bool, co
                      last=_REPLAY_ALL if history is not None else last,
                      decode=decode_wire if json_out and flt.kinds_only() and plain else protocol.unpackb)
     seen = 0
-    out = sys.stdout.buffer
-
-    def write(events: list[Event]) -> None:
-        if json_out:
-            out.write(b"".join([to_json_bytes(e) + b"\n" for e in events]))
-        else:
-            out.write("".join([format_line(e, color) + "\n" for e in events]).encode())
-        out.flush()
-
     printed: set[str] = set()
     try:
         if history is not None:
@@ -247,23 +246,23 @@ async def _tail(rd: str, flt: Filter, kinds: tuple[str, ...], json_out: bool, co
                 stored = stored[:count]
             printed = {e["event_id"] for e in stored}
             if stored:
-                write(stored)
+                write_events(stored, json_out, color)
             seen = len(stored)
             if count and seen >= count:
                 return
-        match = None if plain else query.match
+        # the query's match holds the filter too: one pass, not the filter and then the query
+        select = flt.select if plain else (lambda events: [e for e in events if e.get("event_type") == "BUS_EVENTS_LOST"
+                                                            or query.match(e)])
         # a batch at a time: one filter pass, one write and one flush for whatever arrived together
         async for runs in sub.runs():
-            events = [e for run in runs for e in flt.select(run.events)]
-            if match is not None:
-                events = [e for e in events if e.get("event_type") == "BUS_EVENTS_LOST" or match(e)]
+            events = [e for run in runs for e in select(run.events)]
             if printed:
                 events = [e for e in events if e.get("event_id") not in printed]
             if count:
                 events = events[: count - seen]
             if not events:
                 continue
-            write(events)
+            write_events(events, json_out, color)
             seen += len(events)
             if count and seen >= count:
                 return

@@ -19,9 +19,9 @@ from typing import Annotated, Any
 
 import typer
 
-from bus.cli import _ctl_options, _fail, _load, _run, format_line
+from bus.cli import _ctl_options, _fail, _load, _run, format_line, write_events
 from bus.config import Config, plugin_options
-from bus.event import Event, to_json_bytes
+from bus.event import Event
 from bus.exceptions import FleetError, HistoryError
 from bus.filter import Filter, FilterError
 from bus.history import History
@@ -109,17 +109,6 @@ def _config() -> Config:
     return _load(_ctl_options["config"])
 
 
-def write_events(events: list[Event], json_out: bool) -> None:
-    """Print events as ``bus-tail`` does: JSON Lines with ``--json``, else one readable line each."""
-    out = sys.stdout.buffer
-    if json_out:
-        out.write(b"".join(to_json_bytes(e) + b"\n" for e in events))
-    else:
-        color = sys.stdout.isatty()
-        out.write("".join(format_line(e, color) + "\n" for e in events).encode())
-    out.flush()
-
-
 def query_main(
     since: Annotated[str | None, typer.Option("--since", help="oldest time: 10m, 1h, 2d, ISO time or epoch")] = None,
     until: Annotated[str | None, typer.Option("--until", help="newest time (excluded), same forms")] = None,
@@ -152,7 +141,7 @@ def query_main(
         raise _fail(str(exc)) from None
     except (HistoryError, FleetError) as exc:
         raise _fail(str(exc), 1) from None
-    write_events(events, json_out)
+    write_events(events, json_out, sys.stdout.isatty())
 
 
 # -- busctl dev info -------------------------------------------------------------------------------
