@@ -29,7 +29,7 @@ from typing import Any
 from bus.config import Option
 from bus.event import Event
 from bus.history import History, HistoryError
-from bus.plugin import Receiver, run
+from bus.plugin import Receiver, run, stop_tasks
 
 OPTIONS = {
     "path": Option(str, "", "database file ('': <state_dir>/history.sqlite; relative: to the config file)"),
@@ -187,8 +187,7 @@ class HistoryReceiver(Receiver):
 
     async def teardown(self) -> None:
         """Stop the tasks, try a last write of what is pending, close the database."""
-        for task in self._tasks:
-            task.cancel()
+        await stop_tasks(self._tasks, self.log, "history_task_failed")
         if self.pending:
             self._flush()
         if self.db is not None:
