@@ -36,10 +36,13 @@ def test_store_query_each_word_and_restart(bus: Bus) -> None:
     bus.start()
     bus.wait_running("hist")
     old = time.time() - 7200
-    bus.emit([ev("scsi", "SCSI_ERROR", "e1", severity="error", dev_name="sdf", dev_wwid="naa.1", timestamp=old),
+    events = [ev("scsi", "SCSI_ERROR", "e1", severity="error", dev_name="sdf", dev_wwid="naa.1", timestamp=old),
               ev("multipath", "DM_MPATH_PATH_FAILED", "f1", severity="warn", dev_name="mpatha"),
               ev("multipath", "DM_MPATH_PATH_REINSTATED", "r1", dev_name="mpatha"),
-              ev("lvm", "LVM_X", "l1", hostname="other", dev_wwid="naa.1")])
+              ev("lvm", "LVM_X", "l1", hostname="other", dev_wwid="naa.1")]
+    for e in events:
+        e["event_id"] = str(uuid.uuid4())
+    bus.emit(events)
     wait_for(lambda: counter(bus, "stored") == 4, what="4 stored")
     assert [e["msg"] for e in query(bus)] == ["e1", "f1", "r1", "l1"]
     assert [e["msg"] for e in query(bus, "--system", "multipath")] == ["f1", "r1"]
@@ -57,8 +60,11 @@ def test_store_query_each_word_and_restart(bus: Bus) -> None:
     bus.stop()
     bus.start()
     assert [e["msg"] for e in query(bus)] == ["e1", "f1", "r1", "l1"]
-    # the same events delivered again are stored once
+    # the same events delivered again (same ids) are stored once
     bus.wait_running("hist")
+    bus.emit(events)
+    wait_for(lambda: counter(bus, "duplicates") == 4, what="4 duplicates recognised")
+    assert counter(bus, "stored") == 0 and len(query(bus)) == 4
     res = bus.run("busctl", "query", "--since", "yesterdayish", check=False)
     assert res.returncode == 2 and "--since 'yesterdayish'" in res.stderr
 
