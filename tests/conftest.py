@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests (hypothesis) on a busy machine: no per-example deadline (a loaded CI box is slow, not
+# wrong), and under CI the examples are derived from the test's name, so a run can be repeated exactly.
+settings.register_profile("busd", deadline=None, max_examples=300, derandomize=bool(os.environ.get("CI")),
+                          suppress_health_check=[HealthCheck.too_slow], database=None)
+settings.load_profile("busd")
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
