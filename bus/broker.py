@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -316,8 +317,10 @@ class Broker:
 
     def __init__(self, runtime_dir: str, hostname: str, *, replay_buffer: int = 100_000,
                  parser_queue: int = 100_000, dedup_window: int = 50_000,
-                 replay_buffer_bytes: int = REPLAY_BYTES, parser_queue_bytes: int = QUEUE_BYTES) -> None:
+                 replay_buffer_bytes: int = REPLAY_BYTES, parser_queue_bytes: int = QUEUE_BYTES,
+                 socket_gid: int | None = None) -> None:
         self.runtime_dir = Path(runtime_dir)
+        self.socket_gid = socket_gid
         self.hostname = hostname
         self.parser_queue = parser_queue
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -357,15 +360,21 @@ class Broker:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         sock.bind(protocol.endpoint(self.runtime_dir, name))
-        path.chmod(0o660)
+        self._restrict(path, 0o660)
         return sock
+
+    def _restrict(self, path: Path, mode: int) -> None:
+        """Give ``path`` its mode and the socket group: the owner and the group's members, nobody else."""
+        path.chmod(mode)
+        if self.socket_gid is not None:
+            os.chown(path, -1, self.socket_gid)
 
     async def start(self) -> None:
         """Bind the shared sockets and start serving them."""
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        self.runtime_dir.chmod(0o750)
+        self._restrict(self.runtime_dir, 0o750)
         (self.runtime_dir / "ingest").mkdir(exist_ok=True)
-        (self.runtime_dir / "ingest").chmod(0o750)
+        self._restrict(self.runtime_dir / "ingest", 0o750)
         self._loop = asyncio.get_running_loop()
         self.pub = self._socket(zmq.PUB, protocol.EVENTS)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)

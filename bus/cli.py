@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from bus import __version__, protocol
-from bus.config import Config, MainConfig, default_path, load, peek_main
+from bus.config import Config, MainConfig, check_runtime_dir, default_path, load, peek_main
 from bus.event import KINDS, Event, decode_wire, from_json_lines, new_event, to_json_bytes
 from bus.exceptions import ConfigError, ControlError, EventError, FleetError, HistoryError
 from bus.filter import Filter, FilterError
@@ -82,6 +82,10 @@ def busd_main(
 ) -> None:
     """Run busd in the foreground (logs JSON lines to stderr; SIGHUP reloads; SIGTERM stops)."""
     cfg = _load(config)
+    try:
+        check_runtime_dir(cfg)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
     if check:
         for warning in cfg.warnings:
             typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
@@ -404,8 +408,11 @@ _END: Any = object()
 
 
 async def _emit(endpoint: str, plugin: str, blocks: Any, timeout: float) -> tuple[bool, int]:
-    from bus.client import ControlClient, Publisher
+    from bus.client import ControlClient, Publisher, permission_denied
 
+    denied = permission_denied(endpoint)
+    if denied:  # a Publisher would wait for busd forever
+        raise _fail(denied, 1)
     client = ControlClient(endpoint)
     pub = Publisher(client, plugin)
     bad = 0

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import itertools
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,20 @@ from bus.zsock import NOBLOCK, Readiness, has_message, recv_message, sync_contex
 __all__ = ["ControlClient", "Delivery", "Publisher", "Run", "Subscriber", "request"]
 
 log = get_logger("client")
+
+
+def permission_denied(endpoint: str) -> str:
+    """Return why this process may not connect to an ``ipc://`` endpoint (``""``: it may, or cannot tell).
+
+    ZeroMQ connects in the background and would only time out; this names the cause at once.
+    """
+    if not endpoint.startswith("ipc://"):
+        return ""
+    path = endpoint.removeprefix("ipc://")
+    if os.access(path, os.W_OK) or (os.path.exists(path) is False and os.access(os.path.dirname(path), os.X_OK)):
+        return ""
+    return (f"permission denied on {path}: busd's sockets are for its own user and the members of its "
+            f"socket_group ([main] socket_group; see docs/operators.md, Security)")
 
 
 class ControlClient:
@@ -135,6 +150,9 @@ class ControlClient:
         Raises:
             ControlError: no reply within ``timeout`` seconds, or the daemon refused the request.
         """
+        denied = permission_denied(self.endpoint)
+        if denied:
+            raise ControlError(denied)
         rid, fut = self.send(msg)
         try:
             async with asyncio.timeout(timeout):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import grp
 import importlib
 import json
 import os
@@ -22,6 +23,7 @@ from bus.exceptions import ConfigError
 from bus.filter import Filter, FilterError
 from bus.log import LEVELS
 from bus.protocol import IPC_PATH_MAX, QUEUE_BYTES, REPLAY_BYTES
+from bus.secrets import mask, secret_values
 
 __all__ = [
     "PLUGIN_TYPES",
@@ -110,6 +112,8 @@ def sdk_options(ptype: str) -> dict[str, Option]:
 
 _MAIN_OPTIONS: dict[str, Option] = {
     "runtime_dir": Option(str, None, "where the ipc:// sockets live"),
+    "socket_group": Option(str, "", "group owning the runtime dir (0750) and its sockets (0660): its members "
+                                    "may run busctl, bus-emit, bus-tail and outside plugins; empty: busd's own group"),
     "state_dir": Option(str, None, "where stateful plugins keep their files, one subdirectory each "
                                    "(history, outboxes, the kmsg cursor)"),
     "hostname": Option(str, None, "host name put in events"),
@@ -164,6 +168,7 @@ class MainConfig:
     runtime_dir: str
     hostname: str
     state_dir: str = ""
+    socket_group: str = ""
     log_level: str = "info"
     replay_buffer: int = 100_000
     replay_buffer_bytes: int = REPLAY_BYTES
@@ -198,15 +203,13 @@ class PluginConfig:
         return [sys.executable, "-m", builtin_module(self.type, self.builtin)]
 
     def masked_table(self) -> dict[str, Any]:
-        """Return the table with the built-in's secrets (its ``SECRET_OPTIONS``) shown as ``"***"``: what
-        may be printed or logged."""
-        if self.builtin is None:
-            return dict(self.table)
-        module = importlib.import_module(builtin_module(self.type, self.builtin))
-        if hasattr(module, "masked"):
-            return dict(module.masked(self.table))
-        secrets = getattr(module, "SECRET_OPTIONS", ())
-        return {k: "***" if k in secrets and v else v for k, v in self.table.items()}
+        """Return the table with its secrets shown as ``"***"`` (:func:`bus.secrets.mask`): what may be
+        printed or logged."""
+        return mask(self.table, builtin_secret_keys(self.type, self.builtin))
+
+    def secrets(self) -> set[str]:
+        """Return the secret strings of the table (what the log scrubber hides, :func:`bus.log.hide_secrets`)."""
+        return secret_values(self.table, builtin_secret_keys(self.type, self.builtin))
 
     def table_json(self) -> str:
         """Return the table as JSON, the value of ``BUS_PLUGIN_CONFIG``."""
@@ -223,10 +226,21 @@ class Config:
     files: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
+    def secrets(self) -> set[str]:
+        """Return the secret strings of every plugin's table."""
+        return set().union(*(p.secrets() for p in self.plugins.values()))
+
 
 def builtin_module(plugin_type: str, builtin: str) -> str:
     """Return the module that implements a built-in plugin, e.g. ``parsers.scsi``."""
     return f"{_PACKAGES[plugin_type]}.{builtin}"
+
+
+def builtin_secret_keys(plugin_type: str, builtin: str | None) -> tuple[str, ...]:
+    """Return a built-in plugin's own secret keys (its ``SECRET_OPTIONS``), beyond :data:`bus.secrets.SECRET_KEYS`."""
+    if builtin is None:
+        return ()
+    return tuple(getattr(importlib.import_module(builtin_module(plugin_type, builtin)), "SECRET_OPTIONS", ()))
 
 
 def builtin_filter(plugin_type: str, builtin: str) -> Any:
@@ -380,10 +394,45 @@ def _build_main(merged: _Merged, base: Path) -> MainConfig:
     # a relative runtime_dir is relative to the main file, like include globs
     values["runtime_dir"] = os.path.normpath(base / (values.get("runtime_dir") or default_runtime_dir()))
     values["state_dir"] = os.path.normpath(base / (values.get("state_dir") or default_state_dir()))
+    if values.get("socket_group"):
+        _group_id(merged.main_origin["socket_group"], values["socket_group"])
     values.setdefault("hostname", socket.gethostname())
     if not values["hostname"]:
         raise ConfigError(merged.main_origin.get("hostname", ""), "main.hostname", "must not be empty")
     return MainConfig(**values)
+
+
+def _group_id(file: str, group: str) -> int:
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(file, "main.socket_group", f"no group {group!r} on this machine "
+                                                     f"(create it: groupadd --system {group})") from None
+
+
+def socket_gid(main: MainConfig) -> int | None:
+    """Return the group id of ``main.socket_group`` (``None``: unset, busd's own group)."""
+    return _group_id("", main.socket_group) if main.socket_group else None
+
+
+def check_runtime_dir(config: Config) -> None:
+    """Refuse a runtime dir that everyone may write to (anyone could replace busd's sockets with their own).
+
+    Raises:
+        ConfigError: on ``main.runtime_dir``, naming the directory and its mode.
+    """
+    path = config.main.runtime_dir
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return  # busd creates it, mode 0750
+    except OSError as exc:
+        raise ConfigError(config.path, "main.runtime_dir", f"cannot use {path}: {exc.strerror}") from None
+    if mode & stat.S_IWOTH:
+        raise ConfigError(config.path, "main.runtime_dir",
+                          f"{path} is writable by everyone (mode {stat.S_IMODE(mode):04o}): any user could "
+                          f"replace busd's sockets; use a directory of its own (/run/busd, systemd's "
+                          f"RuntimeDirectory=) or chmod o-w {path}")
 
 
 def _build_plugin(name: str, table: dict[str, Any], file: str) -> PluginConfig:

@@ -104,6 +104,7 @@ def _plugin_entries(editor: ConfigEditor, cfg: Config, name: str) -> list[dict[s
     if p.type == "collector":
         del reserved["filter"]
     keys = [*reserved, *options, *(k for k in p.table if k not in reserved and k not in options)]
+    shown = p.masked_table()  # secrets are never printed, not even to root: `busctl config cat` shows the file
     out = []
     for key in keys:
         opt = reserved.get(key) or options.get(key)
@@ -111,7 +112,7 @@ def _plugin_entries(editor: ConfigEditor, cfg: Config, name: str) -> list[dict[s
         files = editor.defined_in(name, (key,))
         if key == "filter" and p.builtin is not None:  # a built-in parser's own default filter
             default = getattr(importlib.import_module(builtin_module(p.type, p.builtin)), "FILTER", None)
-        value = p.table.get(key, default)
+        value = shown.get(key, default)
         out.append(_entry(f"{name}.{key}", value, default, files[-1] if files else None, opt.help if opt else ""))
     return out
 
@@ -130,7 +131,7 @@ def _single(editor: ConfigEditor, cfg: Config, name: str) -> dict[str, Any]:
     full = f"{plugin}.{'.'.join(keys)}"
     if full in entries:
         return dict(entries[full])
-    value = get_key(cfg.plugins[plugin].table, keys)
+    value = get_key(cfg.plugins[plugin].masked_table(), keys)
     if len(keys) > 1 and value is not None:  # inside a table, e.g. filter.severity
         files = editor.defined_in(plugin, keys)
         return _entry(full, value, None, files[-1] if files else None, "")

@@ -25,6 +25,7 @@ from bus.cli import ConfigOpt, _ctl_options, _fail, _load, echo_rows, plugin_sta
 from bus.confedit import ConfigEditor, EditError, Transaction, get_key, set_key
 from bus.config import Config, default_path, load, plugin_options
 from bus.exceptions import ConfigError
+from bus.secrets import mask, redact_url
 
 __all__ = ["webhook_app"]
 
@@ -33,7 +34,6 @@ webhook_app = typer.Typer(no_args_is_help=True, help="Manage webhooks: add, mod,
 RECEIVER = "webhook"
 """The name of the receiver instance ``webhook add`` creates when the configuration has none."""
 
-_SECRET_KEYS = ("bearer_token", "secret", "signing_key")
 
 # options shared by add, mod and test
 NameOpt = Annotated[str | None, typer.Option("--name", help="the webhook's name (default: derived from the URL)")]
@@ -319,10 +319,7 @@ def _configured(config: str | None) -> list[dict[str, Any]]:
 
 def _public(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings fit to print: secrets masked, the URL's password hidden."""
-    from receivers.webhook import redact
-
-    return {k: ("***" if k in _SECRET_KEYS and v else redact(v) if k == "url" else v)
-            for k, v in settings.items() if k != "base"}
+    return mask({k: v for k, v in settings.items() if k != "base"})
 
 
 def _auth(settings: dict[str, Any]) -> str:
@@ -382,9 +379,7 @@ def test(
 
     attempt = asyncio.run(post())
     ok = attempt.outcome == "delivered"
-    from receivers.webhook import redact
-
-    result = {"url": redact(settings["url"]), "ok": ok, "status": attempt.status,
+    result = {"url": redact_url(settings["url"]), "ok": ok, "status": attempt.status,
               "latency_ms": round(attempt.latency * 1000, 3), "error": attempt.error or None,
               "format": settings["format"], "auth": _auth(settings)}
     if json_out:

@@ -14,9 +14,9 @@ from typing import Any
 
 from bus import __version__, runtime, sdnotify
 from bus.broker import Broker
-from bus.config import Config, PluginConfig, load
+from bus.config import Config, PluginConfig, load, socket_gid
 from bus.exceptions import ConfigError
-from bus.log import configure, get_logger
+from bus.log import configure, get_logger, hide_secrets
 from bus.supervisor import Supervisor
 
 __all__ = ["Daemon", "run"]
@@ -39,7 +39,8 @@ class Daemon:
                              replay_buffer=config.main.replay_buffer, parser_queue=config.main.parser_queue,
                              dedup_window=config.main.dedup_window,
                              replay_buffer_bytes=config.main.replay_buffer_bytes,
-                             parser_queue_bytes=config.main.parser_queue_bytes)
+                             parser_queue_bytes=config.main.parser_queue_bytes,
+                             socket_gid=socket_gid(config.main))
         self.supervisor = Supervisor(config.main, self.broker.plugin_stopped)
         self.stopping = asyncio.Event()
         self.reloads = 0
@@ -105,8 +106,9 @@ class Daemon:
             sdnotify.reloading()
             try:
                 new = load(self.config.path)
-                if new.main.runtime_dir != self.config.main.runtime_dir:
-                    raise ConfigError(new.path, "main.runtime_dir", "cannot change on reload; restart busd")
+                for key in ("runtime_dir", "socket_group"):
+                    if getattr(new.main, key) != getattr(self.config.main, key):
+                        raise ConfigError(new.path, f"main.{key}", "cannot change on reload; restart busd")
             except ConfigError as exc:
                 self.last_reload_error = str(exc)
                 log.error("reload_refused", error=str(exc), kept=self.config.path)
@@ -127,6 +129,7 @@ class Daemon:
                                new.main.replay_buffer_bytes, new.main.parser_queue_bytes)
             self.broker.set_plugins(self._plugin_map(new))
             configure(new.main.log_level)
+            hide_secrets(new.secrets())
             for name in (*changed, *added):
                 self.supervisor.start(new.plugins[name])
             self.reloads += 1
@@ -174,5 +177,6 @@ def _differs(a: PluginConfig, b: PluginConfig) -> bool:
 def run(config: Config) -> None:
     """Run busd in the foreground on uvloop (asyncio's loop when uvloop is missing)."""
     configure(config.main.log_level)
+    hide_secrets(config.secrets())
     with runtime.runner() as runner:
         runner.run(Daemon(config).run())

@@ -30,6 +30,7 @@ from bus.config import Config, plugin_options
 from bus.event import Event
 from bus.exceptions import FleetError
 from bus.query import Query
+from bus.secrets import redact_url
 
 __all__ = ["FleetError", "FleetOptions", "connection", "fleet_follow", "fleet_query", "subject_filter"]
 
@@ -94,9 +95,9 @@ async def _connect(opts: FleetOptions) -> Client:
     try:
         return await nats.connect(**opts.connect, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0)
     except Exception as exc:
-        from receivers.nats import describe, redact
+        from receivers.nats import describe
 
-        servers = ", ".join(redact(s) for s in opts.connect.get("servers", []))
+        servers = ", ".join(redact_url(s) for s in opts.connect.get("servers", []))
         raise FleetError(f"cannot connect to NATS ({servers}): {describe(exc)}") from None
 
 

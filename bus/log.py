@@ -19,9 +19,42 @@ finally:
     if _hide_rich:
         del sys.modules["rich"]
 
-__all__ = ["LEVELS", "configure", "get_logger"]
+__all__ = ["LEVELS", "configure", "get_logger", "hide_secrets"]
 
 LEVELS = ("debug", "info", "warning", "error")
+
+_secrets: frozenset[str] = frozenset()
+
+
+def hide_secrets(values: set[str]) -> None:
+    """Mask every occurrence of these strings (a process's configured secrets) in each log line from now on.
+
+    Replaces what an earlier call gave: after a reload, busd hides the secrets of the configuration
+    now in effect.
+    """
+    global _secrets
+    _secrets = frozenset(values)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _secrets:
+            # a short secret only as a whole value: masking every "ab" would garble the line, not protect it
+            if secret in value and (len(secret) >= 4 or value == secret):
+                value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _scrub(str(value))
+
+
+def _scrub_secrets(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: no configured secret leaves the process in a log line, tracebacks included."""
+    return {k: _scrub(v) for k, v in event_dict.items()} if _secrets else event_dict
 
 
 def configure(level: str = "info", *, json: bool | None = None, **context: Any) -> None:
@@ -42,9 +75,9 @@ def configure(level: str = "info", *, json: bool | None = None, **context: Any) 
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if json:
+    if json:  # tracebacks become dicts before the scrubber, so a secret in an exception is masked too
         processors.append(structlog.processors.dict_tracebacks)
-    processors.append(renderer)
+    processors += [_scrub_secrets, renderer]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

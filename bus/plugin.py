@@ -38,11 +38,12 @@ import zmq.asyncio
 
 from bus import protocol, runtime
 from bus.client import ControlClient, Publisher, Subscriber
-from bus.config import SDK_OPTIONS, builtin_filter, plugin_options
+from bus.config import SDK_OPTIONS, builtin_filter, builtin_secret_keys, plugin_options
 from bus.event import KINDS, Event, new_event
 from bus.filter import Filter
 from bus.flood import FloodControl
-from bus.log import configure, get_logger
+from bus.log import configure, get_logger, hide_secrets
+from bus.secrets import secret_values
 from bus.zsock import Readiness, has_message, recv_message, sync_context
 
 __all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run", "stop_process", "stop_tasks", "write_atomic"]
@@ -540,6 +541,8 @@ def run(cls: type[Plugin], env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     configure(env.get("BUS_LOG_LEVEL", "info"), json=True, plugin=env.get("BUS_PLUGIN", cls.__name__))
     plugin = cls(env)
+    builtin = plugin.config.get("builtin")
+    hide_secrets(secret_values(plugin.config, builtin_secret_keys(plugin.type, builtin if isinstance(builtin, str) else None)))
     with runtime.runner() as runner:
         try:
             runner.run(_amain(plugin))

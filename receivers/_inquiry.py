@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,13 +52,21 @@ def load_public_key(path: Path) -> bytes:
 
 
 def load_keys(path: Path) -> tuple[bytes, bytes]:
-    """Return ``(public, secret)`` z85 keys of a secret certificate file, or raise ``ValueError``."""
+    """Return ``(public, secret)`` z85 keys of a secret certificate file, or raise ``ValueError``.
+
+    The file must be readable by its owner only (0600 or 0400): a secret key others can read lets
+    them pass for this node.
+    """
     try:
         public, secret = zmq.auth.load_certificate(path)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError as exc:
         raise ValueError(f"cannot read key file {path}: {exc}") from None
     if not secret:
         raise ValueError(f"{path} holds no secret key (give the .key_secret file that busctl keygen wrote)")
+    if mode & 0o077:
+        raise ValueError(f"{path}: a secret key file must be readable by its owner only "
+                         f"(mode {mode:04o}): chmod 600 {path}")
     if len(public) != 40 or len(secret) != 40:
         raise ValueError(f"{path}: the keys are not 40-character z85 CURVE keys")
     return public, secret

@@ -47,7 +47,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 import nats
@@ -60,6 +60,7 @@ from nats.js.api import StorageType, StreamConfig
 from bus.config import Option
 from bus.event import Event, to_json_bytes
 from bus.plugin import Receiver, run, stop_tasks
+from bus.secrets import redact_url
 from receivers._outbox import Outbox, Row, next_rows
 from receivers._retry import Outage
 
@@ -117,16 +118,6 @@ def subject(prefix: str, event: Event) -> str:
             f".{token(str(event.get('event_type', '')))}")
 
 
-def redact(url: str) -> str:
-    """Return a server URL without its secret: ``nats://user:***@host:port`` (a lone token: ``***@host``)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = "***" if parts.password is None else f"{parts.username}:***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
-
-
 def check_options(options: dict[str, Any]) -> None:
     """Check servers, the prefix, the stream name and the numbers (``"key: reason"`` on error)."""
     servers = options.get("servers") or []
@@ -135,7 +126,7 @@ def check_options(options: dict[str, Any]) -> None:
     for i, url in enumerate(servers):
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise ValueError(f"servers[{i}]: {redact(str(url))!r} is not a nats:// or tls:// URL with a host")
+            raise ValueError(f"servers[{i}]: {redact_url(str(url))!r} is not a nats:// or tls:// URL with a host")
     prefix = options.get("subject_prefix", "busd")
     if not prefix or any(not t or _UNSAFE.search(t) for t in prefix.split(".")):
         raise ValueError(f"subject_prefix: {prefix!r}: dot-separated tokens of letters, digits, '-' and '_'")
@@ -159,14 +150,6 @@ def held_secrets(table: Mapping[str, Any]) -> list[str]:
     held = [k for k in SECRET_OPTIONS if table.get(k)]
     return held + [f"servers[{i}]" for i, url in enumerate(table.get("servers") or [])
                    if isinstance(url, str) and "@" in urlsplit(url).netloc]
-
-
-def masked(table: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``table`` fit to print: secrets as ``***``, server URLs redacted (:func:`redact`)."""
-    out = {k: "***" if k in SECRET_OPTIONS and v else v for k, v in table.items()}
-    if isinstance(out.get("servers"), list):
-        out["servers"] = [redact(u) if isinstance(u, str) else u for u in out["servers"]]
-    return out
 
 
 def stream_config(options: Mapping[str, Any]) -> StreamConfig:
@@ -250,7 +233,7 @@ class Nats(Receiver):
         super().__init__(env)
         o = self.options
         self.prefix: str = o["subject_prefix"]
-        self.servers = [redact(s) for s in o["servers"]]
+        self.servers = [redact_url(s) for s in o["servers"]]
         if o["outbox"]:
             self.outbox_path = self.path(o["outbox"])
         else:
@@ -320,7 +303,7 @@ class Nats(Receiver):
         nc = self.nc
         if nc is None or not nc.is_connected or nc.connected_url is None:
             return None
-        return redact(nc.connected_url.geturl())
+        return redact_url(nc.connected_url.geturl())
 
     async def _connect(self) -> JetStreamContext:
         """Return the JetStream context, connecting (and creating the stream) with backoff until it works."""

@@ -320,6 +320,7 @@ class PgCluster(Receiver):
         super().__init__(env)
         opts = self.options
         self.node = opts["node"] or self.hostname
+        self.error = ""  # why this node cannot ask or answer (its keys), shown by busctl status / pg status
         self.view = ClusterView()
         self.neighbours = [_peer(f"neighbours[{i}]", t) for i, t in enumerate(opts["neighbours"])]
         self.witness = _peer("witness", opts["witness"]) if opts["witness"] else None
@@ -346,6 +347,7 @@ class PgCluster(Receiver):
         except ValueError as exc:
             # without its own keys this node can ask and answer nobody: every decision denies writes
             self.log.error("pgcluster_keys_unusable", error=str(exc))
+            self.error = f"keys unusable, every decision denies writes: {exc}"
             public = secret = b""
         keys: dict[str, bytes] = {}
         for p in peers:
@@ -493,6 +495,7 @@ class PgCluster(Receiver):
             "peers": self.peers, "told": self.told,
             "denied": self.server.denied if self.server else 0,
             "answered": self.server.answered if self.server else 0,
+            "error": self.error,
         })
 
 

@@ -87,7 +87,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -96,6 +96,7 @@ from bus.config import Option, check_table
 from bus.event import Event, new_event, to_json
 from bus.filter import Filter, FilterError
 from bus.plugin import Receiver, run, stop_tasks
+from bus.secrets import redact_url
 from receivers._outbox import Outbox, Row, next_rows
 from receivers._retry import Outage
 
@@ -168,16 +169,6 @@ def name_from_url(url: str) -> str:
     raw = "-".join(p for p in (parts.hostname or "", str(parts.port or ""), parts.path) if p)
     name = re.sub(r"[^A-Za-z0-9_.]+", "-", raw).strip("-._")[:64].rstrip("-._")
     return name or "webhook"
-
-
-def redact(url: str) -> str:
-    """Return the URL without a password (``user:***@host``), for logs and status output."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_webhook(spec: Any, where: str) -> dict[str, Any]:
@@ -475,7 +466,7 @@ class Hook:
         if self.outbox is not None:
             with contextlib.suppress(sqlite3.Error):
                 info = self.outbox.info()
-        return {"name": self.name, "url": redact(self.settings["url"]), "format": self.settings["format"],
+        return {"name": self.name, "url": redact_url(self.settings["url"]), "format": self.settings["format"],
                 "outbox": str(self.path), **info, "delivered_since_start": self.delivered,
                 "last_success": self.last_success, "last_error": self.last_error,
                 "retrying": self.outage.active, "attempts": self.outage.attempts}
@@ -489,7 +480,7 @@ class Webhook(Receiver):
         self.outbox_dir = self._outbox_dir()
         self.hooks: list[Hook] = []
         for settings in webhook_settings(self.options):
-            log = self.log.bind(webhook=settings["name"], url=redact(settings["url"]))
+            log = self.log.bind(webhook=settings["name"], url=redact_url(settings["url"]))
             self.hooks.append(Hook(settings, Filter.parse(settings["filter"]),
                                    Sender(settings, self.path(".")),
                                    Outage(log, "webhook", first=min(0.25, settings["retry_max"]),
@@ -696,7 +687,7 @@ class Webhook(Receiver):
         return failed
 
     def _rejected(self, hook: Hook, row: Row, attempt: Attempt) -> None:
-        self.log.error("webhook_event_rejected", webhook=hook.name, url=redact(hook.sender.url), event_id=row.event_id,
+        self.log.error("webhook_event_rejected", webhook=hook.name, url=redact_url(hook.sender.url), event_id=row.event_id,
                        error=attempt.error, reason="the status is in reject_status: the event is dropped, not retried")
 
     def _account(self, hook: Hook, counts: dict[str, int]) -> None:
@@ -727,7 +718,7 @@ class Webhook(Receiver):
         if not total:
             return
         why = ", ".join(f"{n} {_REASONS[r]}" for r, n in sorted(counts.items()))
-        url = redact(hook.settings["url"])
+        url = redact_url(hook.settings["url"])
         self.log.warning("webhook_events_dropped", webhook=hook.name, url=url, dropped=total, **counts)
         totals = hook.outbox.totals if hook.outbox is not None else {}
         event = self.event(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +18,8 @@ def make_keys(directory: Path, names: list[str]) -> None:
     """Write a CURVE key pair ``NAME.key`` / ``NAME.key_secret`` for each name."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in names:
-        zmq.auth.create_certificates(directory, name)
+        _, secret = zmq.auth.create_certificates(directory, name)
+        os.chmod(secret, 0o600)  # as busctl keygen writes it; pgcluster refuses a secret key others may read
 
 
 class Peers:

@@ -25,6 +25,7 @@ from bus.config import load
 from bus.exceptions import ConfigError
 from bus.filter import Filter
 from bus.query import Query
+from bus.secrets import redact_url
 from receivers import nats as rn
 
 
@@ -94,9 +95,9 @@ def test_tokens_and_subjects_are_safe() -> None:
     event = {"hostname": "h.1", "system": "scsi", "event_type": "SCSI_MEDIUM_ERROR"}
     assert rn.subject("busd", event) == "busd.h_1.scsi.SCSI_MEDIUM_ERROR"
     assert rn._subject_of("x.y", json.dumps(event).encode()) == "x.y.h_1.scsi.SCSI_MEDIUM_ERROR"
-    assert rn.redact("nats://u:pw@h:4222") == "nats://u:***@h:4222"
-    assert rn.redact("nats://tok@h:4222") == "nats://***@h:4222"
-    assert rn.redact("nats://h:4222") == "nats://h:4222"
+    assert redact_url("nats://u:pw@h:4222") == "nats://u:***@h:4222"
+    assert redact_url("nats://tok@h:4222") == "nats://***@h:4222"
+    assert redact_url("nats://h:4222") == "nats://h:4222"
 
 
 def test_world_readable_config_with_a_secret_is_refused(tmp_path: Path) -> None:

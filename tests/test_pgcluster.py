@@ -220,6 +220,10 @@ def test_curve_inquiry_accepts_only_configured_keys(keys: Path) -> None:
         load_keys(keys / "a.key")
     with pytest.raises(ValueError, match="cannot read"):
         load_keys(keys / "missing")
+    os.chmod(keys / "stranger.key_secret", 0o640)  # group-readable: others could pass for this node
+    with pytest.raises(ValueError, match=r"readable by its owner only \(mode 0640\): chmod 600"):
+        load_keys(keys / "stranger.key_secret")
+    os.chmod(keys / "stranger.key_secret", 0o600)
     asked: list[tuple[str, Any]] = []
 
     async def answer(peer: str, request: dict[str, Any]) -> dict[str, Any]:

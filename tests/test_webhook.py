@@ -22,6 +22,7 @@ from webhook_server import WebhookServer
 from bus.config import load
 from bus.event import new_event
 from bus.exceptions import ConfigError
+from bus.secrets import redact_url
 from receivers import webhook as wh
 from receivers._outbox import KEEP_DELIVERED, Outbox, OutboxLocked
 
@@ -176,7 +177,7 @@ def test_names_derived_from_urls_must_be_distinct() -> None:
     assert wh.name_from_url("http://[::1]/") == "1"
     with pytest.raises(ValueError, match=r"webhooks\[1\]\.name: 'h-x' is also webhook 0's name"):
         wh.webhook_settings({"webhooks": [{"url": "http://h/x"}, {"url": "https://h/x"}]})
-    assert wh.redact("https://u:pw@h:8/p") == "https://u:***@h:8/p"
+    assert redact_url("https://u:pw@h:8/p") == "https://u:***@h:8/p"
 
 
 # -- the outbox ---------------------------------------------------------------------------------------
