@@ -14,9 +14,11 @@ a hop to a worker thread, and it keeps the outbox free of locking.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,23 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NUMERIC NOT NULL);
 
 _TOTALS = ("cursor", "delivered", "outbox_full", "expired", "rejected")
 """Numbers kept in ``meta``: the cursor and what happened to events since the outbox was created."""
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, committed at the end or rolled back when the body (or the commit) raises.
+
+    On a full disk or an I/O error SQLite may have rolled the transaction back itself: a second
+    rollback would fail and hide the real error ("database or disk is full") behind "cannot rollback".
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 class OutboxLocked(OSError):
@@ -107,8 +126,7 @@ class Outbox:
             ``(added, dropped)``: whether the event is new, and how many were dropped for it.
         """
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             cur = db.execute("INSERT OR IGNORE INTO outbox (event_id, created, event) VALUES (?, ?, ?)",
                              (event_id, created, event))
             added = cur.rowcount == 1
@@ -119,10 +137,6 @@ class Outbox:
                     (max(self.cursor, keep_from - 1), self.depth + 1 - bound)).rowcount
                 self.totals["outbox_full"] += dropped
                 self._save_meta(("outbox_full",))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self.depth += added - dropped
         self.deletions += dropped > 0
         return added, dropped
@@ -147,16 +161,11 @@ class Outbox:
 
     def expire(self, before: float) -> int:
         """Delete waiting events queued before ``before`` (epoch seconds); return how many."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db):
             n = self.db.execute("DELETE FROM outbox WHERE seq > ? AND created < ?", (self.cursor, before)).rowcount
             if n:
                 self.totals["expired"] += n
                 self._save_meta(("expired",))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         self.depth -= n
         self.deletions += n > 0
         return n
@@ -175,17 +184,12 @@ class Outbox:
         """Commit the cursor and counters, and delete delivered rows beyond :data:`KEEP_DELIVERED`."""
         if self.cursor == self._saved_cursor:
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db):
             self.totals["cursor"] = self.cursor
             self._save_meta(("cursor", "delivered", "rejected", "expired"))
             if self.cursor - self._pruned_upto >= KEEP_DELIVERED:
                 self.db.execute("DELETE FROM outbox WHERE seq <= ?", (self.cursor - KEEP_DELIVERED,))
                 self._pruned_upto = self.cursor
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         self._saved_cursor = self.cursor
 
     def _save_meta(self, keys: tuple[str, ...]) -> None:

@@ -219,6 +219,22 @@ def test_outbox_forgets_delivered_rows_beyond_the_dedup_window(tmp_path: Path) -
     box.close()
 
 
+def test_outbox_on_a_full_disk_says_so_and_takes_events_again_once_there_is_room(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back itself on SQLITE_FULL: the error must stay "full", not "cannot rollback"."""
+    box = Outbox(tmp_path / "hook.sqlite")
+    pages = box.db.execute("PRAGMA page_count").fetchone()[0]
+    box.db.execute(f"PRAGMA max_page_count = {pages + 2}")  # a disk with room for a page or two more
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        for i in range(100):
+            box.add(f"id{i}", b"x" * 3000, 1.0, bound=10**6, keep_from=0)
+    assert not box.db.in_transaction
+    held = box.depth
+    box.db.execute("PRAGMA max_page_count = 1000000")  # room again
+    assert box.add("again", b"{}", 1.0, bound=10**6, keep_from=0) == (True, 0)
+    assert box.depth == held + 1 == box.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    box.close()
+
+
 # -- the receiver, in this process --------------------------------------------------------------------
 
 def receiver(tmp_path: Path, webhooks: list[dict[str, Any]], **options: Any) -> wh.Webhook:
