@@ -558,6 +558,7 @@ class Webhook(Receiver):
                 except sqlite3.Error as exc:  # disk full, I/O error: hold the event back until it can be kept
                     hook.last_error = {"time": time.time(), "status": None, "error": f"outbox {hook.path}: {exc}"}
                     self.log.error("webhook_outbox_write_failed", webhook=hook.name, path=str(hook.path), error=str(exc))
+                    self._status_dirty.set()  # busctl webhook status shows the error while the event waits
                     await asyncio.sleep(1.0)
             if dropped:
                 self._dropped(hook, "outbox_full", dropped)
