@@ -12,7 +12,7 @@ APT_PACKAGES = build-essential pkg-config libzmq3-dev libmsgpack-dev glusterfs-s
                postgresql-15 postgresql-15-repmgr haproxy nats-server
 DEMO_CONFIG  = conf/demo/busd.toml
 
-.PHONY: venv system-deps demo test lint bench soak clean
+.PHONY: venv system-deps demo test lint bench soak faults clean
 
 venv: $(VENV)/.installed
 
@@ -72,6 +72,13 @@ bench: venv
 	-$(BIN)/python bench/nats.py
 	-$(BIN)/python bench/history.py
 	$(BIN)/python bench/report.py
+
+# The fault matrix (docs/operators.md, "Fault matrix"): processes killed, reloads, a webhook target down,
+# a full state filesystem, plugins that never read; sent / delivered / lost / duplicated / time to recover
+# per fault, PASS or FAIL against "lost only beyond a documented bound, and then counted". Needs root
+# (it mounts small tmpfs filesystems); a few minutes.
+faults: venv
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
