@@ -244,6 +244,41 @@ def receiver(tmp_path: Path, webhooks: list[dict[str, Any]], **options: Any) -> 
                        "BUS_RUNTIME_DIR": str(tmp_path / "run")})
 
 
+
+def test_receiver_shows_a_full_disk_in_its_status_while_the_event_waits(tmp_path: Path, server: WebhookServer) -> None:
+    """handle() retries a write the disk refused; busctl webhook status must show the error meanwhile."""
+    plugin = receiver(tmp_path, [{"url": server.url + "/h", "name": "h", "format": "busd"}])
+    status_file = tmp_path / "run" / "status" / "wh.json"
+
+    def hook_status() -> dict[str, Any]:
+        try:
+            return dict(json.loads(status_file.read_text())["webhooks"][0])
+        except (OSError, ValueError):
+            return {}
+
+    def last_error() -> str:
+        return str((hook_status().get("last_error") or {}).get("error", ""))
+
+    async def scenario() -> None:
+        await plugin.setup()
+        try:
+            await plugin.handle(new_event("test", "FIRST", kind="synthetic"))  # opens the outbox
+            # delivered and in the status: from now on only a new change makes the receiver write its status
+            await async_wait_for(lambda: hook_status().get("delivered") == 1, what="the first delivery in the status")
+            box = plugin.hooks[0].outbox
+            assert box is not None
+            box.db.execute(f"PRAGMA max_page_count = {box.db.execute('PRAGMA page_count').fetchone()[0]}")
+            waiting = asyncio.create_task(plugin.handle(new_event("test", "BIG", "x" * 20000, kind="synthetic")))
+            await async_wait_for(lambda: "full" in last_error(), what="the full disk in the status file")
+            assert not waiting.done()
+            box.db.execute("PRAGMA max_page_count = 1000000")
+            await asyncio.wait_for(waiting, 10)
+        finally:
+            await plugin.teardown()
+
+    asyncio.run(scenario())
+    assert [r.json()["event_type"] for r in server.received("/h")] == ["FIRST", "BIG"]
+
 def test_receiver_filters_retries_rejects_and_reports_status(tmp_path: Path, server: WebhookServer) -> None:
     bad = set()
     unauthorized = [401, 401]  # the first two requests (the server's token was not set up yet): retried
