@@ -39,8 +39,14 @@ def permission_denied(endpoint: str) -> str:
     if not endpoint.startswith("ipc://"):
         return ""
     path = endpoint.removeprefix("ipc://")
-    if os.access(path, os.W_OK) or (os.path.exists(path) is False and os.access(os.path.dirname(path), os.X_OK)):
+    if os.access(path, os.W_OK):
         return ""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return ""  # busd is not running: the request times out with its own message
+    except PermissionError:
+        pass  # a directory on the way may not be searched
     return (f"permission denied on {path}: busd's sockets are for its own user and the members of its "
             f"socket_group ([main] socket_group; see docs/operators.md, Security)")
 

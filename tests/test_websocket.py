@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Bus, ev, shipped_example, wait_for
+from conftest import BIN, Bus, ev, shipped_example, wait_for
 
 from bus import config
 from bus.exceptions import ConfigError
@@ -199,9 +199,17 @@ def test_slow_client_is_disconnected_and_never_slows_the_others(wsbus: Bus) -> N
                 connector=aiohttp.TCPConnector(socket_factory=_small_socket)) as slow_s:
             fast = await fast_s.ws_connect(url, max_msg_size=0)
             slow = await slow_s.ws_connect(url, max_msg_size=0)
-            emitting = asyncio.create_task(asyncio.to_thread(wsbus.emit, events))
-            fast_got = await receive_texts(fast, n, timeout=30)  # the slow one is not read meanwhile
-            await emitting
+            # paced by the fast client, 10 events at a time: its queue never nears the limit of 20 however
+            # busy the machine is, while the slow one, never read, falls ever further behind
+            emit = subprocess.Popen([str(BIN / "bus-emit"), "--config", str(wsbus.config)], stdin=subprocess.PIPE)
+            assert emit.stdin is not None
+            fast_got: list[str] = []
+            for start in range(0, n, 10):
+                chunk = "".join(json.dumps(e) + "\n" for e in events[start:start + 10]).encode()
+                await asyncio.to_thread(lambda c=chunk: (emit.stdin.write(c), emit.stdin.flush()))  # type: ignore[union-attr]
+                fast_got += await receive_texts(fast, 10, timeout=30)  # the slow one is not read meanwhile
+            emit.stdin.close()
+            assert await asyncio.to_thread(emit.wait, 60) == 0
             wait_for(lambda: counters(wsbus, "ws").get("slow_clients", 0) == before + 1, what="slow client counted")
             slow_got: list[str] = []
             while True:  # now read what was buffered for it, up to the close frame
