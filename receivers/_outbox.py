@@ -101,6 +101,9 @@ class Outbox:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            # checkpoint every 100 pages (400 KiB), not SQLite's 1000: the outbox commits once per event, and a
+            # 4 MiB log alone would fill a small state filesystem past recovery (fault matrix, row 6a)
+            self.db.execute("PRAGMA wal_autocheckpoint=100")
             self.db.executescript(_SCHEMA)
             stored = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         except BaseException:
