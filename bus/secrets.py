@@ -46,6 +46,11 @@ def _url_secret(url: str) -> str | None:
     return userinfo.partition(":")[2] if ":" in userinfo else userinfo
 
 
+def _is_secret(key: str, parent: str, secret_keys: frozenset[str]) -> bool:
+    """Whether the value under ``key`` (in a table under ``parent``) is a secret."""
+    return bool(_HEADER.search(key)) if parent == "headers" else key in secret_keys
+
+
 def mask(table: Mapping[str, Any], keys: Iterable[str] = ()) -> dict[str, Any]:
     """Return ``table`` fit to print or log: every secret (see the module) replaced by ``***``.
 
@@ -56,9 +61,7 @@ def mask(table: Mapping[str, Any], keys: Iterable[str] = ()) -> dict[str, Any]:
 
     def walk(value: Any, key: str) -> Any:
         if isinstance(value, Mapping):
-            if key == "headers":
-                return {k: MASK if _HEADER.search(str(k)) and v else walk(v, str(k)) for k, v in value.items()}
-            return {k: MASK if str(k) in secret_keys and v else walk(v, str(k)) for k, v in value.items()}
+            return {k: MASK if v and _is_secret(str(k), key, secret_keys) else walk(v, str(k)) for k, v in value.items()}
         if isinstance(value, list):
             return [walk(v, key) for v in value]
         if isinstance(value, str):
@@ -70,13 +73,13 @@ def mask(table: Mapping[str, Any], keys: Iterable[str] = ()) -> dict[str, Any]:
 
 
 def secret_values(table: Mapping[str, Any], keys: Iterable[str] = ()) -> set[str]:
-    """Return the secret strings in ``table`` (what :mod:`bus.log` scrubs from every line)."""
+    """Return the secret strings in ``table`` (what :mod:`bus.log` scrubs from every line): what :func:`mask` hides."""
     secret_keys = SECRET_KEYS.union(keys)
 
     def walk(value: Any, key: str, secret: bool) -> Iterator[str]:
         if isinstance(value, Mapping):
             for k, v in value.items():
-                yield from walk(v, str(k), str(k) in secret_keys or (key == "headers" and bool(_HEADER.search(str(k)))))
+                yield from walk(v, str(k), _is_secret(str(k), key, secret_keys))
         elif isinstance(value, list):
             for v in value:
                 yield from walk(v, key, secret)
