@@ -94,6 +94,7 @@ from typing import Any
 
 from bus.config import Option
 from bus.event import Event
+from bus.exceptions import BadInput
 from bus.plugin import Parser, derive_id, run
 
 OPTIONS = {
@@ -215,11 +216,12 @@ class PostgresParser(Parser):
         kind = event.get("event_type")
         if kind not in ("POSTGRES_STATE", "POSTGRES_DOWN", "POSTGRES_REPMGR_EVENT"):
             return None
-        if not name or (kind == "POSTGRES_STATE" and not isinstance(ext.get("in_recovery"), bool)):
+        if not name:
+            raise BadInput("no_node_name", f"{kind} from {event.get('source')!r} names no node")
+        if kind == "POSTGRES_STATE" and not isinstance(ext.get("in_recovery"), bool):
             # a state without its role must not count as a primary (nor as anything else)
-            self.log.warning("bad_event", event_id=event.get("event_id"), source=event.get("source"), event_type=kind,
-                             reason="no node_name" if not name else "no boolean in_recovery")
-            return None
+            raise BadInput("no_in_recovery", f"POSTGRES_STATE of {name!r} from {event.get('source')!r} has no "
+                           "boolean in_recovery")
         node = self.node(name)
         ts = float(event.get("timestamp") or 0.0)
         node.last_seen = max(node.last_seen, ts)

@@ -20,7 +20,7 @@ from pgcluster import PgCluster, free_port
 
 from bus.config import load
 from bus.event import Event, new_event
-from bus.exceptions import ConfigError
+from bus.exceptions import BadInput, ConfigError
 from collectors.postgres import Postgres, behind, lsn_bytes, safe_dsn
 from collectors.postgres import check_options as collector_check
 from parsers.postgres import PostgresParser
@@ -250,9 +250,11 @@ def test_silent_collector_counts_as_down_with_stable_ids() -> None:
 def test_inputs_that_are_not_postgres_states_are_ignored() -> None:
     p = parser()
     assert p.handle(new_event("postgres", "SOMETHING_ELSE", "x", kind="raw", extensions={"node_name": "n"})) is None
-    assert p.handle(new_event("postgres", "POSTGRES_STATE", "no node name", kind="raw")) is None
-    assert p.handle(new_event("postgres", "POSTGRES_STATE", "no role", kind="raw", dev_name="n1",
-                              extensions={"node_name": "n1", "in_recovery": "yes"})) is None
+    with pytest.raises(BadInput, match="no_node_name: POSTGRES_STATE from .* names no node"):
+        p.handle(new_event("postgres", "POSTGRES_STATE", "no node name", kind="raw"))
+    with pytest.raises(BadInput, match="no_in_recovery: POSTGRES_STATE of 'n1' .* no boolean in_recovery"):
+        p.handle(new_event("postgres", "POSTGRES_STATE", "no role", kind="raw", dev_name="n1",
+                           extensions={"node_name": "n1", "in_recovery": "yes"}))
     assert p.nodes == {}
 
 
