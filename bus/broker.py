@@ -872,8 +872,9 @@ class Broker:
             out["replayed"] = int(state.stats.get("replayed", 0))
             # gaps: publications the PUB socket dropped for this slow receiver (then replayed)
             # flood_suppressed: repeats the SDK's flood control collapsed into a summary event
+            # malformed_publications: publications the receiver could not decode (and skipped)
             for reason, key in (("lost", "lost"), ("failed", "failed"), ("gaps", "publish_gaps"),
-                                ("flood_suppressed", "flood_suppressed")):
+                                ("flood_suppressed", "flood_suppressed"), ("malformed", "malformed_publications")):
                 if state.stats.get(reason):
                     out["dropped"][key] = state.stats[reason]
             counters = state.stats.get("counters")

@@ -479,8 +479,12 @@ def _drops(d: dict[str, int]) -> str:
 
 @ctl_app.command()
 def status(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show busd and every plugin: state, pid, restarts, events in/out, drops and why, lag."""
+    """Show busd and every plugin: state, pid, restarts, events in/out, drops and why, lag, bad input."""
     reply = _ctl(config, {"op": "status"})
+    files = {p["name"]: _status_file(reply, p["name"]) for p in reply["plugins"]}
+    for p in reply["plugins"]:
+        if files[p["name"]].get("bad_input"):
+            p["bad_input"] = files[p["name"]]["bad_input"]
     if json_out:
         typer.echo(json.dumps(reply, indent=2))
         return
@@ -500,23 +504,28 @@ def status(config: ConfigOpt = None, json_out: Annotated[bool, typer.Option("--j
                    f"{p['events_in']:>9} {p['events_out']:>9} {lag!s:>6}  {_drops(p['dropped'])}"
                    + (f"  [{_drops(p['counters'])}]" if p.get("counters") else "")
                    + (f"  ({p['last_exit']})" if p["state"] in ("failed", "restarting") and p["last_exit"] else ""))
-        for key, text in _status_notes(reply, p["name"]):
+        for key, text in _status_notes(files[p["name"]]):
             typer.secho(f"{'':20} {key}: {text}", fg=typer.colors.RED if key == "error" else typer.colors.YELLOW)
     for name, c in b["outside_producers"].items():
         typer.echo(f"{name:20} {'producer':9} {'-':10} {'-':>7} {'-':>8} {c['events_in']:>9} {'-':>9} {'':>6}  "
                    f"{_drops(c['dropped'])}")
 
 
-def _status_notes(reply: dict[str, Any], name: str) -> list[tuple[str, str]]:
-    """The ``error`` and ``warning`` a plugin put in its status file (:meth:`Plugin.write_status`), if any."""
+def _status_file(reply: dict[str, Any], name: str) -> dict[str, Any]:
+    """The status file a plugin wrote (:meth:`Plugin.write_status`), ``{}`` when there is none."""
     try:
-        path = Path(reply["runtime_dir"]) / "status" / f"{name}.json"
-        st = json.loads(path.read_text())
+        st = json.loads((Path(reply["runtime_dir"]) / "status" / f"{name}.json").read_text())
     except (KeyError, OSError, ValueError):
-        return []
-    if not isinstance(st, dict):
-        return []
-    return [(key, str(st[key])) for key in ("error", "warning") if st.get(key)]
+        return {}
+    return st if isinstance(st, dict) else {}
+
+
+def _status_notes(st: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ``error``, ``warning`` and bad-input counts of a plugin's status file, as lines to show."""
+    notes = [(key, str(st[key])) for key in ("error", "warning") if st.get(key)]
+    if isinstance(st.get("bad_input"), dict) and st["bad_input"]:
+        notes.append(("bad input skipped", _drops(st["bad_input"])))
+    return notes
 
 
 @ctl_app.command()

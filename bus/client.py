@@ -463,7 +463,7 @@ class Subscriber:
         self.head: dict[str, int] = {}
         self.done_seq: dict[str, int] = {}
         self.stats: dict[str, Any] = {"received": 0, "handled": 0, "replayed": 0, "lost": 0, "gaps": 0, "failed": 0,
-                      "kinds": list(kinds)}
+                      "malformed": 0, "kinds": list(kinds)}
         self._last_progress = 0.0
 
     async def start(self) -> None:
@@ -619,7 +619,8 @@ class Subscriber:
                             events = unpack(frames[2])
                             n = len(events)
                         except Exception as exc:
-                            log.warning("malformed_publication", error=str(exc))
+                            stats["malformed"] += 1
+                            log.warning("malformed_publication", error=str(exc), count=stats["malformed"])
                             continue
                         nxt = nexts[kind]
                         stats["received"] += n

@@ -28,7 +28,7 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +40,7 @@ from bus import protocol, runtime
 from bus.client import ControlClient, Publisher, Subscriber
 from bus.config import SDK_OPTIONS, builtin_filter, builtin_secret_keys, plugin_options
 from bus.event import KINDS, Event, new_event
+from bus.exceptions import BadInput
 from bus.filter import Filter
 from bus.flood import FloodControl
 from bus.log import configure, get_logger, hide_secrets
@@ -49,6 +50,9 @@ from bus.zsock import Readiness, has_message, recv_message, sync_context
 __all__ = ["Collector", "Parser", "Plugin", "Receiver", "derive_id", "run", "stop_process", "stop_tasks", "write_atomic"]
 
 HandleResult = Event | Iterable[Event] | None
+
+BAD_INPUT_FLUSH = 0.5
+"""Seconds between a new bad input and its count reaching the status file (one write per burst)."""
 
 
 def derive_id(parent_id: str, plugin: str, index: int) -> str:
@@ -129,6 +133,7 @@ class Plugin:
             otherwise ``config`` without the keys busd itself uses.
         hostname: the host name to put in events.
         log: a structlog logger bound to the plugin's name.
+        bad_inputs: how many inputs of each kind :meth:`bad_input` counted.
     """
 
     type: ClassVar[str] = ""
@@ -151,6 +156,9 @@ class Plugin:
         self.ctx = zmq.asyncio.Context.instance()
         self._control: ControlClient | None = None
         self._publisher: Publisher | None = None
+        self.bad_inputs: Counter[str] = Counter()
+        self._own_status: Mapping[str, Any] = {}
+        self._bad_flush: asyncio.TimerHandle | None = None
 
     @property
     def control(self) -> ControlClient:
@@ -197,14 +205,47 @@ class Plugin:
         return Path(runtime_dir) / kind / f"{self.name}.json" if runtime_dir else None
 
     def write_status(self, status: Mapping[str, Any]) -> None:
-        """Publish this plugin's own status for ``busctl`` (written atomically; errors are logged)."""
+        """Publish this plugin's own status for ``busctl`` (written atomically; errors are logged).
+
+        The counts of :meth:`bad_input` are added as ``bad_input`` (kind to number).
+        """
+        self._own_status = status
+        if self._bad_flush is not None:
+            self._bad_flush.cancel()
+            self._bad_flush = None
         path = self.state_file("status")
         if path is None:
             return
+        extra = {"bad_input": dict(self.bad_inputs)} if self.bad_inputs else {}
         try:
-            write_atomic(path, json.dumps({"plugin": self.name, "updated": time.time(), **status}, default=str))
+            write_atomic(path, json.dumps({"plugin": self.name, "updated": time.time(), **status, **extra},
+                                          default=str))
         except OSError as exc:
             self.log.warning("status_write_failed", path=str(path), error=str(exc))
+
+    def bad_input(self, kind: str, detail: str, *, log: bool = True, **where: Any) -> None:
+        """Count one input this plugin could not use and skips (a garbage line, a malformed datagram).
+
+        ``kind`` is a short key naming the defect, ``detail`` what exactly was wrong and ``where``
+        where it was (``path=``, ``line=``, ``seq=``, ``sender=``, ``event_id=``...). The first of
+        each kind is logged as ``bad_input`` with all of them (unless ``log`` is false: a plugin
+        with its own rate-limited log); every one is counted, in :attr:`bad_inputs` and within
+        :data:`BAD_INPUT_FLUSH` seconds in the status file ``busctl status`` shows.
+        """
+        self.bad_inputs[kind] += 1
+        if log and self.bad_inputs[kind] == 1:
+            self.log.warning("bad_input", kind=kind, error=detail, **where,
+                             note="skipped; later inputs of this kind are counted, not logged")
+        if self._bad_flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # outside a running plugin (a unit test): the next write_status shows it
+                return
+            self._bad_flush = loop.call_later(BAD_INPUT_FLUSH, self._flush_bad_input)
+
+    def _flush_bad_input(self) -> None:
+        self._bad_flush = None
+        self.write_status(self._own_status)
 
     def event(self, system: str, event_type: str, msg: str = "", **fields: Any) -> Event:
         """Build an event from this plugin (``kind`` raw for collectors, synthetic otherwise).
@@ -240,7 +281,11 @@ class Plugin:
         raise NotImplementedError
 
     async def close(self) -> None:
-        """Flush what is not acknowledged yet (up to 1 s) and close sockets."""
+        """Flush what is not acknowledged yet (up to 1 s), the bad-input counts, and close sockets."""
+        if self._bad_flush is not None:
+            self._flush_bad_input()
+        if self.bad_inputs:
+            self.log.info("bad_input_skipped", counts=dict(self.bad_inputs))
         if self._publisher is not None and not await self._publisher.close(1.0):
             self.log.warning("unacknowledged_at_exit", events=self._publisher.pending())
         if self._control is not None:
@@ -271,6 +316,10 @@ class Parser(Plugin):
     A parser that correlates several inputs into one output (the lines of one SCSI failure)
     overrides :meth:`hold` to keep the inputs of an open group unacknowledged, so they are
     delivered again if it dies, and :meth:`tick` to close groups that timed out.
+
+    An input ``handle`` refuses with :class:`~bus.exceptions.BadInput` is counted by its kind
+    (:meth:`Plugin.bad_input`); any other exception is logged with its traceback and counted as
+    ``handle_failed``. Either way the input is acknowledged and the next one handled.
     """
 
     type = "parser"
@@ -350,8 +399,12 @@ class Parser(Plugin):
                         try:
                             result = await handle(event) if is_async else handle(event)  # type: ignore[misc]
                             collect(result, event.get("event_id", ""))
-                        except Exception:
+                        except BadInput as exc:
+                            self.bad_input(exc.kind, exc.detail, event_id=event.get("event_id"))
+                        except Exception as exc:
                             self.log.exception("handle_failed", event_id=event.get("event_id"))
+                            self.bad_input("handle_failed", f"{type(exc).__name__}: {exc}", log=False,
+                                           event_id=event.get("event_id"))
                 if interval and loop.time() >= next_tick:
                     next_tick = loop.time() + interval
                     try:
