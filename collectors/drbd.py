@@ -28,9 +28,9 @@ memory.
 
 Unknown keys are kept. Lines that are not events2 lines (an unknown action or object, a field
 without ``:``, a missing or non-integer ``name``/``volume``/``peer-node-id``/``minor``, invalid
-UTF-8, over 64 KiB) are skipped, in batches too: the first of each kind is logged as ``bad_line``
-with the line, all are counted (``bad_lines`` in the status file ``busctl`` reads,
-``$BUS_RUNTIME_DIR/status/NAME.json``). A line is checked by :func:`parse_line`, or, when it only
+UTF-8, over 64 KiB) are skipped, in batches too: the first of each kind is logged as ``bad_input``
+with the line, all are counted (``bad_input``, and as before ``bad_lines``, in the status file
+``busctl status`` shows, ``$BUS_RUNTIME_DIR/status/NAME.json``). A line is checked by :func:`parse_line`, or, when it only
 differs from one already checked in values that cannot make it invalid (statistics), by that
 line's :class:`Template` (one regular expression match instead of splitting every field).
 
@@ -47,7 +47,6 @@ never poll), ``restart_delay``, ``restart_delay_max``.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import re
 import time
@@ -305,7 +304,6 @@ class Drbd(Collector):
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
         self.command: list[str] = list(self.options["command"])
-        self.bad_counts: collections.Counter[str] = collections.Counter()
         self.lines = 0
         self.runs = 0
         self.run_id = ""
@@ -337,12 +335,9 @@ class Drbd(Collector):
                           extensions={"lines": lines, "run": self.run_id})
 
     def on_bad(self, bad: BadInput, text: str) -> None:
-        """Count a skipped line; log the first of each kind with the line."""
-        self.bad_counts[bad.kind] += 1
+        """Count a skipped line (:meth:`bad_input`) with the line itself."""
         self._status_dirty = True
-        if self.bad_counts[bad.kind] == 1:
-            self.log.warning("bad_line", kind=bad.kind, error=bad.detail, line=text[:300], run=self.runs,
-                             note="skipped; later lines of this kind are counted, not logged")
+        self.bad_input(bad.kind, bad.detail, line=text[:300], run=self.runs)
 
     async def handle_line(self, raw: bytes) -> None:
         """Decode, parse and emit one line (bad lines are counted and skipped)."""
@@ -544,7 +539,7 @@ class Drbd(Collector):
         """Publish counters and the command's state for ``busctl``."""
         self._status_dirty = False
         self.write_status({"command": self.command, "pid": self.pid, "runs": self.runs, "run": self.run_id,
-                           "lines": self.lines, "bad_lines": dict(self.bad_counts), "last_exit": self.last_exit})
+                           "lines": self.lines, "bad_lines": dict(self.bad_inputs), "last_exit": self.last_exit})
 
     async def _status_loop(self) -> None:
         while True:
@@ -552,11 +547,6 @@ class Drbd(Collector):
                 self.write_own_status()
             await asyncio.sleep(STATUS_INTERVAL)
 
-    async def close(self) -> None:
-        """Flush, then log what was skipped."""
-        await super().close()
-        if self.bad_counts:
-            self.log.info("bad_lines_skipped", counts=dict(self.bad_counts))
 
 
 def check_options(options: dict[str, Any]) -> None:

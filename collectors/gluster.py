@@ -179,7 +179,7 @@ class Gluster(Collector):
         self.wakeup = asyncio.Event()
         self.transports: dict[str, asyncio.BaseTransport] = {}
         self.unbound: dict[str, str] = {}
-        self.counters: dict[str, Any] = {"received": 0, "emitted": 0, "dropped": 0, "malformed": {}}
+        self.counters: dict[str, Any] = {"received": 0, "emitted": 0, "dropped": 0}
         self.limiter = _LogLimiter()
         self._node_key: tuple[int, int, int] | None = None
         self._node_id: str | None = None
@@ -196,8 +196,8 @@ class Gluster(Collector):
         try:
             dgram = parse_datagram(data, self.max_size)
         except BadInput as exc:
-            malformed = self.counters["malformed"]
-            malformed[exc.kind] = malformed.get(exc.kind, 0) + 1
+            # logged here, limited per minute and with the sender, rather than once per kind
+            self.bad_input(exc.kind, exc.detail, log=False, sender=sender)
             if self.limiter.allow(time.monotonic()):
                 self.log.warning("gluster_malformed_datagram", reason=exc.kind, sender=sender, detail=exc.detail)
             return
@@ -326,7 +326,7 @@ class Gluster(Collector):
             now = time.monotonic()
             held = self.limiter.take_suppressed(now)
             if held:
-                self.log.warning("gluster_log_suppressed", datagrams=held, malformed=self.counters["malformed"],
+                self.log.warning("gluster_log_suppressed", datagrams=held, malformed=dict(self.bad_inputs),
                                  dropped=self.counters["dropped"])
             if self.unbound and now >= next_bind:
                 await self.bind_all()
@@ -339,7 +339,7 @@ class Gluster(Collector):
         self._status_dirty = False
         self.write_status({"listening": sorted(self.transports), "unbound": dict(self.unbound), "port": self.port,
                            "nodeid": self._node_id, **self.counters,
-                           "malformed": dict(self.counters["malformed"])})
+                           "malformed": dict(self.bad_inputs)})
 
     async def teardown(self) -> None:
         """Close the sockets and remove the AF_UNIX socket file this collector created."""

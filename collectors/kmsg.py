@@ -34,7 +34,6 @@ number, and skipped.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import os
 import re
@@ -275,7 +274,6 @@ class Kmsg(Collector):
         self.saved_seq: int | None = None
         self.check_gap = False
         self.from_start = bool(self.options["since_boot"])
-        self.bad_counts: collections.Counter[str] = collections.Counter()
         self.assembler = Assembler(self.on_bad)
         self._problems: set[str] = set()
 
@@ -330,13 +328,10 @@ class Kmsg(Collector):
     # -- records to events ----------------------------------------------------------------------
 
     def on_bad(self, bad: Bad) -> None:
-        """Count a skipped line; log the first of each kind with where it was."""
-        self.bad_counts[bad.kind] += 1
-        if self.bad_counts[bad.kind] == 1:
-            where: dict[str, int | None] = {"line": bad.line} if bad.line else {}
-            where.update({"seq": bad.seq} if bad.seq is not None else {"after_seq": self.last_seq})
-            self.log.warning("bad_record", kind=bad.kind, error=bad.detail, path=str(self.source), **where,
-                             note="skipped; later lines of this kind are counted, not logged")
+        """Count a skipped line (:meth:`bad_input`) with where it was."""
+        where: dict[str, int | None] = {"line": bad.line} if bad.line else {}
+        where.update({"seq": bad.seq} if bad.seq is not None else {"after_seq": self.last_seq})
+        self.bad_input(bad.kind, bad.detail, path=str(self.source), **where)
 
     def problem(self, what: str, **info: object) -> None:
         """Log a problem with the input once until it goes away (the caller retries)."""
@@ -508,8 +503,6 @@ class Kmsg(Collector):
         """Flush, then save how far busd acknowledged, so the next run resumes exactly there."""
         await super().close()
         self.save_state()
-        if self.bad_counts:
-            self.log.info("bad_records_skipped", counts=dict(self.bad_counts))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ Options:
 - ``replay`` (default empty): a JSON Lines file of uevent property maps, one object per line (e.g.
   ``{"ACTION": "change", "DEVPATH": "/devices/virtual/block/dm-0", "SUBSYSTEM": "block", ...}``),
   replayed once instead of listening (for tests and demos); maps whose ``SUBSYSTEM`` is not in
-  ``subsystems`` are skipped like the monitor would, and bad lines are logged with file:line and
-  skipped. A relative path is relative to the configuration file.
+  ``subsystems`` are skipped like the monitor would; bad lines are skipped, counted by kind in
+  ``busctl status`` and the first of each kind logged (``bad_input``) with its file and line. A
+  relative path is relative to the configuration file.
 
 Each uevent becomes an event: system ``udev``, event_type ``UEVENT``, severity ``info``, ``msg``
 ``"ACTION DEVPATH"``, ``dev_name`` the base name of ``DEVNAME`` (``sdb``, ``dm-0``) or empty, and
@@ -31,6 +32,7 @@ import pyudev
 
 from bus.config import Option
 from bus.event import Event
+from bus.exceptions import BadInput
 from bus.plugin import Collector, run
 from collectors._io import readable
 
@@ -56,23 +58,26 @@ def properties_from_json(line: str) -> dict[str, str]:
     """Parse one replay line into a uevent property map (numbers become strings).
 
     Raises:
-        ValueError: the line is not a JSON object of string or number values with ACTION, DEVPATH
-            and SUBSYSTEM.
+        BadInput: ``not_json``, ``not_object``, ``bad_property`` (not a string or a number) or
+            ``missing_property`` (ACTION, DEVPATH or SUBSYSTEM).
     """
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise BadInput("not_json", f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise BadInput("not_json", "JSON nested too deeply") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"must be a JSON object of uevent properties, not {type(obj).__name__}")
+        raise BadInput("not_object", f"must be a JSON object of uevent properties, not {type(obj).__name__}")
     props: dict[str, str] = {}
     for key, value in obj.items():
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ValueError(f"property {key}: must be a string or a number, not {json.dumps(value)}")
+            raise BadInput("bad_property", f"property {key}: must be a string or a number, "
+                                           f"not {json.dumps(value)[:80]}")
         props[key] = str(value)
     missing = [k for k in REQUIRED if not props.get(k)]
     if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
+        raise BadInput("missing_property", f"missing {', '.join(missing)}")
     return props
 
 
@@ -115,8 +120,8 @@ class Udev(Collector):
                     continue
                 try:
                     props = properties_from_json(line)
-                except ValueError as exc:
-                    self.log.warning("bad_line", where=f"{path}:{number}", error=str(exc))
+                except BadInput as exc:
+                    self.bad_input(exc.kind, exc.detail, path=path, line=number)
                     continue
                 if self.wanted(props):
                     await self.emit(self.uevent_event(props))

@@ -498,7 +498,8 @@ def test_statistics_poll_and_garbage_lines(bus: Bus, tmp_path: Path) -> None:
     status = wait_for(lambda: _status(bus, "drbd-events").get("bad_lines", {}).get("unknown_action") == 3
                       and _status(bus, "drbd-events"))
     assert status["bad_lines"] == {"unknown_action": 3, "bad_field": 1, "bad_integer": 1, "invalid_utf8": 1}
-    logged = [r for r in bus.log_records() if r.get("event") == "bad_line"]
+    assert status["bad_input"] == status["bad_lines"]
+    logged = [r for r in bus.log_records() if r.get("event") == "bad_input"]
     assert sorted(r["kind"] for r in logged) == ["bad_field", "bad_integer", "invalid_utf8", "unknown_action"]
     assert next(r for r in logged if r["kind"] == "bad_field")["line"] == "change resource name:r0 role"
     assert bus.plugin("drbd-events")["state"] == "running"

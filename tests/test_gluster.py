@@ -244,7 +244,7 @@ def test_collector_counts_malformed_and_follows_the_node_id(tmp_path: Path) -> N
     assert ext["nodeid"] == "5e8c0000-0000-4000-8000-000000000001" and ext["sender"] == "unix:/run/sender.sock"
     for bad in (b"\xff", b"", b"1 x y", b"1" * 200):
         col.on_datagram(bad, ("::1", 6000, 0, 0))
-    assert col.counters["malformed"] == {"not_utf8": 1, "empty": 1, "bad_index": 1, "oversized": 1}
+    assert col.bad_inputs == {"not_utf8": 1, "empty": 1, "bad_index": 1, "oversized": 1}
     for i in range(3):
         col.on_datagram(f"146830335{i} 5 name=gv1".encode(), ("127.0.0.1", 5000))
     assert len(col.pending) == 2 and col.counters["dropped"] == 1  # the queue bound holds
@@ -401,7 +401,8 @@ def test_end_to_end_with_the_test_sender(bus: Bus, tmp_path: Path) -> None:
              and s["emitted"] == 6, what="malformed counts in the status file")
     refused = logs(bus, "gluster_malformed_datagram")
     assert len(refused) == 6 and all(r["sender"].startswith("127.0.0.1:") for r in refused)
-    assert bus.plugin("gl")["state"] == "running" and bus.plugin("gl")["restarts"] == 0
+    entry = bus.plugin("gl")
+    assert (entry["state"], entry["restarts"], entry["bad_input"]) == ("running", 0, expected)
     shown = bus.run("busctl", "gluster", "status").stdout
     assert f"port {port}" in shown and "malformed bad_index=1,bad_timestamp=1,empty=1," in shown and NODE in shown
     rows = json.loads(bus.run("busctl", "gluster", "status", "--json").stdout)

@@ -397,11 +397,17 @@ def test_garbage_is_skipped_and_logged_once_per_kind(bus: Bus, tmp_path: Path) -
     assert produced(bus) == 3
     entry = bus.plugin("kmsg")
     assert (entry["state"], entry["restarts"]) == ("running", 0)
-    reports = {r["kind"]: r for r in plugin_logs(bus, "bad_record")}
-    assert len(plugin_logs(bus, "bad_record")) == len(reports)  # once per kind
+    reports = {r["kind"]: r for r in plugin_logs(bus, "bad_input")}
+    assert len(plugin_logs(bus, "bad_input")) == len(reports)  # once per kind
     assert {k: r["line"] for k, r in reports.items()} == {
         "orphan_continuation": 1, "no_semicolon": 4, "bad_header": 6, "invalid_utf8": 7, "nul_byte": 9,
         "too_long": 11}
+    counts = {"orphan_continuation": 1, "no_semicolon": 3, "bad_header": 1, "invalid_utf8": 1, "nul_byte": 2,
+              "too_long": 1}
+    wait_for(lambda: bus.plugin("kmsg").get("bad_input") == counts,
+                     what="the bad-input counts in busctl status --json")
+    text = bus.run("busctl", "status").stdout
+    assert "bad input skipped: " + ",".join(f"{k}={v}" for k, v in sorted(counts.items())) in text
 
 
 def test_live_dev_kmsg(bus: Bus) -> None:

@@ -92,10 +92,13 @@ def test_replay_through_busd_with_subsystem_filters_and_bad_lines(bus: Bus, tmp_
     assert [e["extensions"]["SUBSYSTEM"] for e in by_source["every"]] == ["block", "net", "block", "scsi"]
     assert {p["name"]: p["events_in"] for p in bus.status()["plugins"]} == {"udev": 3, "scsionly": 1, "every": 4}
 
-    bad = logs(bus, "udev", "bad_line")
-    assert [(r["where"], r["error"].split(" (")[0]) for r in bad] == [
-        (f"{replay}:3", "not valid JSON"), (f"{replay}:6", "missing DEVPATH, SUBSYSTEM"),
-        (f"{replay}:8", "must be a JSON object of uevent properties, not list")]
+    bad = logs(bus, "udev", "bad_input")
+    assert [(r["kind"], r["path"], r["line"], r["error"].split(" (")[0]) for r in bad] == [
+        ("not_json", str(replay), 3, "not valid JSON"), ("missing_property", str(replay), 6, "missing DEVPATH, SUBSYSTEM"),
+        ("not_object", str(replay), 8, "must be a JSON object of uevent properties, not list")]
+    counts = {"missing_property": 1, "not_json": 1, "not_object": 1}
+    wait_for(lambda: all(p.get("bad_input") == counts for p in bus.status()["plugins"]),
+             what="each replay's bad lines counted in busctl status")
     assert all(p["state"] == "running" and p["restarts"] == 0 for p in bus.status()["plugins"])
 
 
