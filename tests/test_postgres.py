@@ -250,9 +250,9 @@ def test_silent_collector_counts_as_down_with_stable_ids() -> None:
 def test_inputs_that_are_not_postgres_states_are_ignored() -> None:
     p = parser()
     assert p.handle(new_event("postgres", "SOMETHING_ELSE", "x", kind="raw", extensions={"node_name": "n"})) is None
-    with pytest.raises(BadInput, match="no_node_name: POSTGRES_STATE from .* names no node"):
+    with pytest.raises(BadInput, match=r"no_node_name: POSTGRES_STATE from .* names no node"):
         p.handle(new_event("postgres", "POSTGRES_STATE", "no node name", kind="raw"))
-    with pytest.raises(BadInput, match="no_in_recovery: POSTGRES_STATE of 'n1' .* no boolean in_recovery"):
+    with pytest.raises(BadInput, match=r"no_in_recovery: POSTGRES_STATE of 'n1' .* no boolean in_recovery"):
         p.handle(new_event("postgres", "POSTGRES_STATE", "no role", kind="raw", dev_name="n1",
                            extensions={"node_name": "n1", "in_recovery": "yes"}))
     assert p.nodes == {}
