@@ -222,7 +222,7 @@ def normalize(
     if not event.get("hostname"):
         event["hostname"] = hostname
     sev = event.setdefault("severity", "info")
-    if sev not in _SEVERITY_RANK:
+    if type(sev) is not str or sev not in _SEVERITY_RANK:  # a list or map is unhashable: no lookup
         raise EventError("severity", f"{sev!r} is not one of {', '.join(SEVERITIES)}")
     if kind is not None:
         event["kind"] = kind
@@ -245,8 +245,10 @@ def normalize(
                 raise EventError(f"extensions.{k}", f"type {type(val).__name__} is not allowed")
     if source is not None:
         event["source"] = source
-    elif not isinstance(event.setdefault("source", ""), str):
-        raise EventError("source", "must be a string")
+    elif event.setdefault("source", "") is None:
+        event["source"] = ""  # like the other string keys: null is left out
+    elif not isinstance(event["source"], str):
+        raise EventError("source", f"must be a string, not {type(event['source']).__name__}")
     return event
 
 
