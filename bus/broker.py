@@ -304,6 +304,29 @@ class ReceiverState:
     last_seen: float = 0.0
 
 
+_STAT_COUNTERS = ("received", "handled", "replayed", "lost", "gaps", "failed", "malformed", "flood_suppressed")
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _receiver_stats(stats: dict[Any, Any]) -> dict[str, Any]:
+    """Keep what a receiver's progress report may say, each of the right type; drop the rest.
+
+    The report comes from a plugin in any language: a string where a count belongs must not break
+    ``busctl status`` or the idle check, which read these.
+    """
+    out: dict[str, Any] = {key: stats[key] for key in _STAT_COUNTERS if _is_count(stats.get(key))}
+    kinds = stats.get("kinds")
+    if type(kinds) is list:
+        out["kinds"] = [k for k in kinds if k in KINDS]
+    counters = stats.get("counters")
+    if type(counters) is dict:
+        out["counters"] = {k: v for k, v in counters.items() if type(k) is str and _is_count(v)}
+    return out
+
+
 class Broker:
     """Binds the bus sockets, validates, routes and publishes events.
 
@@ -828,7 +851,7 @@ class Broker:
                         state.acked[kind] = max(seq, state.acked.get(kind, 0))
             stats = msg.get("stats")
             if isinstance(stats, dict):
-                state.stats = stats
+                state.stats = _receiver_stats(stats)
         return {"ok": True, "head": self.head(), "epoch": self.epoch}
 
     def _op_replay(self, msg: dict[str, Any]) -> dict[str, Any] | bytes:
