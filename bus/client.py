@@ -617,6 +617,8 @@ class Subscriber:
                         try:
                             first = seq_of(frames[1])[0]
                             events = unpack(frames[2])
+                            if type(events) is not list:
+                                raise TypeError(f"publication holds a {type(events).__name__}, not an array")
                             n = len(events)
                         except Exception as exc:
                             stats["malformed"] += 1
