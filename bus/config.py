@@ -49,6 +49,12 @@ _RESERVED = ("type", "builtin", "exec", "filter", "enabled")
 RESERVED_KEYS = _RESERVED
 """The keys of a plugin table that busd itself uses; every other key is the plugin's own option."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _key(name: str) -> str:
+    """``name`` as it goes into an error's key path: quoted as TOML quotes it if it is empty or not bare."""
+    return name if _BARE_KEY.match(name) else json.dumps(name, ensure_ascii=False)
 _REQUIRED: Any = object()
 _DEFAULT_KINDS = {"parser": ("raw",), "receiver": ("synthetic",)}
 
@@ -301,11 +307,11 @@ class _Merged:
                     raise ConfigError(file, "plugins", "must be a table of plugin tables")
                 for name, table in value.items():
                     if not isinstance(table, dict):
-                        raise ConfigError(file, f"plugins.{name}", "must be a table")
+                        raise ConfigError(file, f"plugins.{_key(name)}", "must be a table")
                     self.plugins.setdefault(name, {}).update(table)
                     self.plugin_origin[name] = file
             else:
-                raise ConfigError(file, key, "unknown top-level key (allowed: main, plugins)")
+                raise ConfigError(file, _key(key), "unknown top-level key (allowed: main, plugins)")
 
 
 def expand_include(main_path: Path, pattern: str, overrides: Overrides | None = None) -> list[str]:
@@ -383,7 +389,7 @@ def _build_main(merged: _Merged, base: Path) -> MainConfig:
         file = merged.main_origin[key]
         opt = _MAIN_OPTIONS.get(key)
         if opt is None:
-            raise ConfigError(file, f"main.{key}", f"unknown key (allowed: {', '.join(_MAIN_OPTIONS)})")
+            raise ConfigError(file, f"main.{_key(key)}", f"unknown key (allowed: {', '.join(_MAIN_OPTIONS)})")
         reason = opt.check(value)
         if reason:
             raise ConfigError(file, f"main.{key}", reason)
@@ -436,7 +442,7 @@ def check_runtime_dir(config: Config) -> None:
 
 
 def _build_plugin(name: str, table: dict[str, Any], file: str) -> PluginConfig:
-    key = f"plugins.{name}"
+    key = f"plugins.{_key(name)}"
     if not _NAME.match(name):
         raise ConfigError(file, key, "plugin names are letters, digits, '_', '-' and '.', at most 64")
     ptype = table.get("type")
@@ -496,7 +502,7 @@ def _check_builtin_options(file: str, key: str, ptype: str, builtin: str, table:
         opt = options.get(opt_key)
         if opt is None:
             allowed = ", ".join([*_RESERVED, *sdk_options(ptype), *options])
-            raise ConfigError(file, f"{key}.{opt_key}", f"unknown key for built-in {ptype} {builtin!r} "
+            raise ConfigError(file, f"{key}.{_key(opt_key)}", f"unknown key for built-in {ptype} {builtin!r} "
                                                          f"(allowed: {allowed})")
         reason = opt.check(value)
         if reason:
