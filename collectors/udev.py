@@ -67,6 +67,8 @@ def properties_from_json(line: str) -> dict[str, str]:
         raise BadInput("not_json", f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:
         raise BadInput("not_json", "JSON nested too deeply") from None
+    except ValueError as exc:  # not a JSONDecodeError: a number of more than 4300 digits
+        raise BadInput("not_json", f"a number too long to read ({str(exc)[:60]})") from None
     if not isinstance(obj, dict):
         raise BadInput("not_object", f"must be a JSON object of uevent properties, not {type(obj).__name__}")
     props: dict[str, str] = {}
