@@ -136,7 +136,7 @@ def parse_header(raw: bytes) -> Record:
     if m is None:
         if b";" not in raw:
             raise BadInput("no_semicolon", "no ';' between the PRIO,SEQ,USEC,FLAGS prefix and the message")
-        raise BadInput("bad_header", f"prefix {raw.partition(b';')[0][:60].decode()!r} is not PRIO,SEQ,USEC,FLAGS "
+        raise BadInput("bad_header", f"prefix {raw.partition(b';')[0].decode()[:60]!r} is not PRIO,SEQ,USEC,FLAGS "
                                      "with integer PRIO, SEQ and USEC")
     prio = int(m[1])
     return Record(prio & 7, prio >> 3, int(m[2]), int(m[3]), m[4].decode(), unescape(raw[m.end():]), size=len(raw))
