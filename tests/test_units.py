@@ -151,7 +151,7 @@ class TestConfig:
         ("[plugins.x]\ntype = 'parser'\nbuiltin = 'pattern'", "plugins.x.rules: is required"),
         ("[plugins.x]\ntype = 'parser'\nbuiltin = 'pattern'\nrules = [{match = '(', event_type = 'A'}]",
          "plugins.x.rules[0].match: not a valid regular expression"),
-        ("[plugins.'a b']\ntype = 'parser'\nexec = ['a']", "plugins.a b: plugin names are"),
+        ("[plugins.'a b']\ntype = 'parser'\nexec = ['a']", 'plugins."a b": plugin names are'),
         ("[main\n", "not valid TOML"),
     ])
     def test_errors_name_file_key_and_reason(self, tmp_path: Path, text: str, message: str) -> None:
