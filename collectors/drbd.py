@@ -183,6 +183,12 @@ def parse_line(text: str) -> Line:
         fields = line.fields
     else:
         line = Line(action, obj, fields, timestamp=timestamp)
+    return _check_keys(line)
+
+
+def _check_keys(line: Line) -> Line:
+    """Refuse a line of a known object without its required keys or with a non-integer integer key."""
+    action, obj, fields = line.action, line.object, line.fields
     for key in REQUIRED_KEYS[obj]:
         if not fields.get(key):
             raise BadInput("missing_key", f"{action} {obj} without {key!r}")
@@ -193,6 +199,35 @@ def parse_line(text: str) -> Line:
     if obj == "helper" and "status" in fields and not _INTEGER.match(fields["status"]):
         raise BadInput("bad_integer", f"status:{fields['status'][:40]} is not an integer")
     return line
+
+
+def line_from_extensions(ext: dict[str, Any]) -> Line:
+    """Return the line a ``DRBD_EVENTS2`` event's ``extensions`` describe, checked as :func:`parse_line`
+    checks a line (the event may come from a replay or another producer, not from this collector).
+
+    Raises:
+        BadInput: ``unknown_action``, ``unknown_object``, ``bad_field`` (``fields`` or ``old`` not a
+            map of strings, ``run`` not a string), ``missing_key`` or ``bad_integer``.
+    """
+    action, obj = ext.get("action"), ext.get("object")
+    if type(action) is not str or action not in _ACTIONS:
+        raise BadInput("unknown_action", f"extensions.action {str(action)[:40]!r} is not one of {', '.join(ACTIONS)}")
+    if obj == "-":
+        if action != "exists":
+            raise BadInput("unknown_object", f"'-' only follows 'exists', not {action!r}")
+        return Line(action, "-")
+    if type(obj) is not str or obj not in _OBJECTS:
+        raise BadInput("unknown_object", f"extensions.object {str(obj)[:40]!r} is not one of {', '.join(OBJECTS)}")
+    if (obj == "helper") != (action in ("call", "response")):
+        raise BadInput("unknown_object", f"{action!r} does not go with {obj!r} (helpers are called and respond)")
+    fields = {} if ext.get("fields") is None else ext["fields"]
+    old = {} if ext.get("old") is None else ext["old"]
+    for what, value in (("fields", fields), ("old", old)):
+        if not isinstance(value, dict) or not all(type(k) is str and type(v) is str for k, v in value.items()):
+            raise BadInput("bad_field", f"extensions.{what} is not a map of strings: {str(value)[:60]}")
+    if ext.get("run") is not None and type(ext["run"]) is not str:
+        raise BadInput("bad_field", f"extensions.run {str(ext['run'])[:40]!r} is not a string")
+    return _check_keys(Line(action, obj, fields, old))  # type: ignore[arg-type]
 
 
 def template_key(text: str) -> str:

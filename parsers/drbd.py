@@ -64,7 +64,7 @@ from typing import Any
 from bus.event import Event
 from bus.exceptions import BadInput
 from bus.plugin import Parser, run, write_atomic
-from collectors.drbd import BATCH_TYPE, Line, Template, Templates, parse_line, parse_timestamp
+from collectors.drbd import BATCH_TYPE, Line, Template, Templates, line_from_extensions, parse_line, parse_timestamp
 from collectors.kmsg import boot_id
 
 FILTER = {"system": ["drbd"], "kind": "raw"}
@@ -315,7 +315,11 @@ class DrbdParser(Parser):
     # -- input ----------------------------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Event]:
-        """Apply one events2 line to the state; return the events it causes."""
+        """Apply one events2 line to the state; return the events it causes.
+
+        Raises:
+            BadInput: the event's extensions are not an events2 line (see :func:`line_from_extensions`).
+        """
         eid = str(event.get("event_id", ""))
         if self.replay:
             saved = self.replay.pop(eid, None)
@@ -331,12 +335,11 @@ class DrbdParser(Parser):
                 self._dirty = True  # for the saved outputs; handle_batch already dropped what was stale
             self.delivery_outputs[eid] = out
             return out
-        action, kind = ext.get("action"), ext.get("object")
-        fields = ext.get("fields") or {}
-        if not isinstance(fields, dict) or action is None or kind is None:
+        if ext.get("action") is None or ext.get("object") is None:
             self.warn_once("not_an_events2_event", event_id=eid, event_type=event.get("event_type"))
             return []
-        out = self._apply(event, action, kind, fields, ext.get("old") or {}, ext.get("run"))
+        line = line_from_extensions(ext)  # a line's fields of the wrong type: BadInput, not a TypeError deep inside
+        out = self._apply(event, line.action, line.object, line.fields, line.old, ext.get("run"))
         if out:
             self.dirty = True
         self.delivery_outputs[eid] = out
