@@ -173,6 +173,40 @@ class Pending:
     extra: dict[str, Any]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_extensions(kind: str, name: str, ext: dict[str, Any]) -> None:
+    """Refuse a raw event whose extensions the parser computes with, but of the wrong type.
+
+    The collector always sends numbers (or null) for ``interval`` and the lags, lists of maps for
+    ``repmgr_nodes`` and ``replication`` (their lags numbers too) and a map for ``wal_receiver``.
+
+    Raises:
+        BadInput: ``bad_extension``, naming the key and the node.
+    """
+    def refuse(key: str, want: str, value: Any) -> BadInput:
+        return BadInput("bad_extension", f"{kind} of {name!r}: extensions.{key} must be {want}, "
+                                         f"not {str(value)[:40]!r}")
+
+    checks: list[tuple[str, str, Any]] = [("interval", "a number", ext.get("interval"))]
+    if kind == "POSTGRES_STATE":
+        checks += [("lag_seconds", "a number", ext.get("lag_seconds")), ("lag_bytes", "a number", ext.get("lag_bytes"))]
+        for key in ("repmgr_nodes", "replication"):
+            rows = ext.get(key)
+            if rows is not None and (not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows)):
+                raise refuse(key, "a list of maps", rows)
+        for i, row in enumerate(ext.get("replication") or []):
+            checks += [(f"replication[{i}].{k}", "a number", row.get(k)) for k in ("replay_lag", "replay_lag_bytes")]
+        receiver = ext.get("wal_receiver")
+        if receiver is not None and not isinstance(receiver, dict):
+            raise refuse("wal_receiver", "a map", receiver)
+    for key, want, value in checks:
+        if value is not None and not _is_number(value):
+            raise refuse(key, want, value)
+
+
 def _max(*values: float | None) -> Any:
     known = [v for v in values if v is not None]
     return max(known) if known else None
@@ -222,6 +256,7 @@ class PostgresParser(Parser):
             # a state without its role must not count as a primary (nor as anything else)
             raise BadInput("no_in_recovery", f"POSTGRES_STATE of {name!r} from {event.get('source')!r} has no "
                            "boolean in_recovery")
+        check_extensions(kind, name, ext)
         node = self.node(name)
         ts = float(event.get("timestamp") or 0.0)
         node.last_seen = max(node.last_seen, ts)
