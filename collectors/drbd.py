@@ -227,7 +227,7 @@ def line_from_extensions(ext: dict[str, Any]) -> Line:
             raise BadInput("bad_field", f"extensions.{what} is not a map of strings: {str(value)[:60]}")
     if ext.get("run") is not None and type(ext["run"]) is not str:
         raise BadInput("bad_field", f"extensions.run {str(ext['run'])[:40]!r} is not a string")
-    return _check_keys(Line(action, obj, fields, old))  # type: ignore[arg-type]
+    return _check_keys(Line(action, obj, fields, old))
 
 
 def template_key(text: str) -> str:
