@@ -167,6 +167,7 @@ class Assembler:
         self.on_bad = on_bad
         self.pending: Record | None = None
         self._skipping = False
+        self._closed = False  # the pending record takes no more dictionary lines (a record after it was dropped)
 
     def feed(self, raw: bytes, line: int = 0) -> Record | None:
         """Take one line (without its newline); return the record it completes, if any."""
@@ -174,7 +175,7 @@ class Assembler:
             return None
         pending = self.pending
         if raw[0] == 0x20:  # a dictionary line
-            if pending is None:
+            if pending is None or self._closed:
                 if not self._skipping:
                     self.on_bad(Bad("orphan_continuation", "a dictionary line before any record", line))
                 return None
@@ -199,13 +200,30 @@ class Assembler:
             self._skipping = True
             return done
         record.line = line
-        self.pending, self._skipping = record, False
+        self.pending, self._skipping, self._closed = record, False, False
         return done
 
     def flush(self) -> Record | None:
         """Return the record being assembled (its dictionary taken as complete), if any."""
-        record, self.pending = self.pending, None
+        record, self.pending, self._closed = self.pending, None, False
         return record
+
+    def dropped(self, start: bytes) -> None:
+        """A line that ``start`` began was dropped before it got here (too long, :class:`Lines` reported it).
+
+        If it began a record, the record being assembled is complete and the dictionary lines that
+        follow belong to the dropped one: they are skipped with it, as after a refused record.
+        """
+        if start[:1] != b" ":
+            self._closed = self._skipping = True
+
+    def feed_chunk(self, lines: Lines, data: bytes) -> list[Record]:
+        """Split ``data`` with ``lines`` and take its lines; return the records they complete."""
+        out = [record for number, line in lines.feed(data) if (record := self.feed(line, number)) is not None]
+        if lines.dropped is not None:  # what was dropped is the chunk's last (unfinished) line
+            self.dropped(lines.dropped)
+            lines.dropped = None
+        return out
 
 
 class Lines:
@@ -214,6 +232,9 @@ class Lines:
     Attributes:
         number: the number of the last complete line.
         drop_rest: the stream up to the next newline is the rest of a line dropped already.
+        dropped: the first bytes of the line this :meth:`feed` dropped, if any (for
+            :meth:`Assembler.feed_chunk`, which clears it: the lines after a dropped record's first
+            line are its dictionary).
     """
 
     def __init__(self, on_bad: Callable[[Bad], None]) -> None:
@@ -221,6 +242,7 @@ class Lines:
         self.number = 0
         self.partial = b""
         self.drop_rest = False
+        self.dropped: bytes | None = None
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Return the complete lines in ``data`` (with what came before), as ``(number, line)``."""
@@ -236,6 +258,7 @@ class Lines:
         if len(self.partial) > MAX_RECORD:
             if not self.drop_rest:
                 self.on_bad(Bad("too_long", f"line longer than {MAX_RECORD} bytes", self.number + 1))
+                self.dropped = self.partial[:1]
             self.drop_rest = True
             self.partial = b""
         return out
@@ -435,9 +458,9 @@ class Kmsg(Collector):
         finally:
             os.close(fd)
 
-    async def _lines(self, lines: list[tuple[int, bytes]]) -> None:
-        for number, line in lines:
-            await self.handle(self.assembler.feed(line, number))
+    async def _lines(self, lines: Lines, data: bytes) -> None:
+        for record in self.assembler.feed_chunk(lines, data):
+            await self.handle(record)
 
     async def read_fifo(self) -> None:
         """Read a FIFO as a stream of lines, whoever writes to it and however often they reopen it."""
@@ -455,7 +478,7 @@ class Kmsg(Collector):
                     elif not await readable(fd, IDLE_FLUSH):
                         await self.handle(self.assembler.flush())
                     continue
-                await self._lines(lines.feed(data))
+                await self._lines(lines, data)
         finally:
             os.close(fd)
 
@@ -477,7 +500,7 @@ class Kmsg(Collector):
                 data = f.read(READ_SIZE)
                 if data:
                     idle = 0.0
-                    await self._lines(lines.feed(data))
+                    await self._lines(lines, data)
                     continue
                 if idle >= IDLE_FLUSH:
                     await self.handle(self.assembler.flush())
@@ -488,7 +511,7 @@ class Kmsg(Collector):
                 except FileNotFoundError:
                     now = None
                 if now is None or (now.st_ino, now.st_dev) != (opened.st_ino, opened.st_dev):
-                    await self._lines(lines.feed(f.read()))  # what was written to it before the switch
+                    await self._lines(lines, f.read())  # what was written to it before the switch
                     await self.handle(self.assembler.flush())
                     lines.reset()
                     self.log.info("kmsg_file_replaced" if now else "kmsg_file_removed", path=str(self.source))
