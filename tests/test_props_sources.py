@@ -462,6 +462,7 @@ def test_parse_timestamp_of_any_text_is_a_finite_time_or_none(text: str) -> None
 @example(b"\xff", 100)
 @example(b" \t\n", 100)
 @example(b"1 2", 2)
+@example(b"14683 03352 2 name=gv1", 22)  # a zero-padded index
 def test_parse_datagram_of_any_bytes_gives_a_datagram_or_names_the_defect(data: bytes, max_size: int) -> None:
     """A mangled datagram: the parts glustereventsd would see (decimal time stamp and index, the rest as
     the message), or BadInput of a documented kind; more than max_size bytes is always refused."""
@@ -472,7 +473,8 @@ def test_parse_datagram_of_any_bytes_gives_a_datagram_or_names_the_defect(data: 
         assert (exc.kind == "oversized") == (len(data) > max_size)
     else:
         assert len(data) <= max_size and dgram.text == data.strip().decode()
-        assert f"{dgram.ts} {dgram.index}" == " ".join(dgram.text.split(" ", 2)[:2])
+        ts, index = dgram.text.split(" ", 2)[:2]
+        assert all(p.isascii() and p.isdigit() for p in (ts, index)) and (dgram.ts, dgram.index) == (int(ts), int(index))
         assert dgram.text.endswith(dgram.message)
 
 
