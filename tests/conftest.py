@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,48 @@ async def async_wait_for(predicate: Callable[[], Any], timeout: float = 15.0, wh
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.01)
     return value
+
+
+@contextlib.asynccontextmanager
+async def fake_broker(base: Path, answer: Callable[[dict[str, Any]], dict[str, Any]], *,
+                      xpub: bool = False) -> AsyncIterator[tuple[Any, Any]]:
+    """A real ROUTER standing in for busd's control socket, and its PUB (or XPUB) events socket, in ``base``.
+
+    ``answer(request)`` gives the fields of each reply (``ok``, ``id`` and epoch ``e`` are added).
+    Yields ``(pub, client)``: the events socket and a ControlClient connected to the control socket;
+    close what was made from the client (a Subscriber) before the block ends.
+    """
+    import zmq
+    import zmq.asyncio
+
+    from bus import protocol
+    from bus.client import ControlClient
+
+    ctx = zmq.asyncio.Context()
+    control = ctx.socket(zmq.ROUTER)
+    control.bind(f"ipc://{base}/control.sock")
+    pub = ctx.socket(zmq.XPUB if xpub else zmq.PUB)
+    pub.bind(f"ipc://{base}/events.sock")
+
+    async def serve() -> None:
+        while True:
+            frames = await control.recv_multipart()
+            req = protocol.unpackb(frames[-1])
+            reply = {"ok": True, "id": req["id"], "epoch": "e", **answer(req)}
+            await control.send_multipart([*frames[:-1], protocol.packb(reply)])
+
+    serving = asyncio.create_task(serve())
+    client = ControlClient(f"ipc://{base}/control.sock", ctx)
+    try:
+        yield pub, client
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        client.close()
+        pub.close(0)
+        control.close(0)
+        ctx.term()
 
 
 def plugin_cmd(name: str, *args: str) -> list[str]:

@@ -15,15 +15,13 @@ from typing import Any
 
 import msgspec
 import pytest
-import zmq
-import zmq.asyncio
-from conftest import Bus, wait_for
+from conftest import Bus, fake_broker, wait_for
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bus import protocol
 from bus.broker import MAX_FRAME, Broker
-from bus.client import ControlClient, Subscriber
+from bus.client import Subscriber
 from bus.event import (
     KINDS,
     SEVERITIES,
@@ -258,59 +256,42 @@ def test_a_subscriber_counts_undecodable_publications_and_takes_the_next(tmp_pat
     """Undecodable publications (not an array, wrong sequence frame) are counted as malformed and skipped;
     the good publication after them is delivered, in order, over real ZeroMQ sockets."""
 
+    def answer(req: dict[str, Any]) -> dict[str, Any]:  # an empty bus: nothing to replay
+        reply: dict[str, Any] = {"head": {"synthetic": 0}}
+        if req["op"] == "hello":
+            reply["resume"] = {"synthetic": 1}
+        elif req["op"] == "replay":
+            reply |= {"kind": "synthetic", "first": req["from"], "gap": None, "events": []}
+        return reply
+
     async def scenario() -> tuple[list[Any], int]:
-        ctx = zmq.asyncio.Context()
-        control = ctx.socket(zmq.ROUTER)
-        control.bind(f"ipc://{tmp_path}/control.sock")
-        pub = ctx.socket(zmq.XPUB)
-        pub.bind(f"ipc://{tmp_path}/events.sock")
+        async with fake_broker(tmp_path, answer, xpub=True) as (pub, client):
+            sub = Subscriber(f"ipc://{tmp_path}/events.sock", client, ("synthetic",), progress_interval=0.05)
+            await sub.start()
+            good = [new_event("t", "GOOD", str(i), kind="synthetic") for i in range(3)]
+            got: list[Any] = []
 
-        async def broker() -> None:
-            while True:
-                frames = await control.recv_multipart()
-                req = protocol.unpackb(frames[-1])
-                reply: dict[str, Any] = {"ok": True, "id": req["id"], "epoch": "e", "head": {"synthetic": 0}}
-                if req["op"] == "hello":
-                    reply["resume"] = {"synthetic": 1}
-                elif req["op"] == "replay":
-                    reply |= {"kind": "synthetic", "first": req["from"], "gap": None, "events": []}
-                await control.send_multipart([*frames[:-1], protocol.packb(reply)])
+            async def read() -> None:
+                async for runs in sub.runs():
+                    for run in runs:
+                        got.extend(run.events)
+                    if any(isinstance(e, dict) and e.get("event_type") == "GOOD" for e in got):
+                        return
 
-        serving = asyncio.create_task(broker())
-        client = ControlClient(f"ipc://{tmp_path}/control.sock", ctx)
-        sub = Subscriber(f"ipc://{tmp_path}/events.sock", client, ("synthetic",), progress_interval=0.05)
-        await sub.start()
-        good = [new_event("t", "GOOD", str(i), kind="synthetic") for i in range(3)]
-        got: list[Any] = []
-
-        async def read() -> None:
-            async for runs in sub.runs():
-                for run in runs:
-                    got.extend(run.events)
-                if any(isinstance(e, dict) and e.get("event_type") == "GOOD" for e in got):
-                    return
-
-        reading = asyncio.create_task(read())
-        async with asyncio.timeout(5):  # an XPUB hears the subscription: what is sent now reaches the subscriber
-            assert await pub.recv() == b"\x01synthetic."
-        for payload in garbage:
-            # a wrong sequence frame as well as a bad payload (an array payload is a batch of odd events)
-            await pub.send_multipart([b"synthetic.t.", b"\x00", payload])
-            if not isinstance(_try_unpack(payload), list):
-                await pub.send_multipart([b"synthetic.t.", protocol.SEQ.pack(1), payload])
-        await pub.send_multipart([b"synthetic.t.", protocol.SEQ.pack(1),
-                                  protocol.pack_array([protocol.packb(e) for e in good])])
-        async with asyncio.timeout(10):
-            await reading
-        malformed = sub.stats["malformed"]
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
-        sub.close()
-        client.close()
-        pub.close(0)
-        control.close(0)
-        ctx.term()
+            reading = asyncio.create_task(read())
+            async with asyncio.timeout(5):  # an XPUB hears the subscription: what is sent now reaches the subscriber
+                assert await pub.recv() == b"\x01synthetic."
+            for payload in garbage:
+                # a wrong sequence frame as well as a bad payload (an array payload is a batch of odd events)
+                await pub.send_multipart([b"synthetic.t.", b"\x00", payload])
+                if not isinstance(_try_unpack(payload), list):
+                    await pub.send_multipart([b"synthetic.t.", protocol.SEQ.pack(1), payload])
+            await pub.send_multipart([b"synthetic.t.", protocol.SEQ.pack(1),
+                                      protocol.pack_array([protocol.packb(e) for e in good])])
+            async with asyncio.timeout(10):
+                await reading
+            malformed = sub.stats["malformed"]
+            sub.close()
         return got, malformed
 
     got, malformed = asyncio.run(scenario())

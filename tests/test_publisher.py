@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
-from conftest import async_wait_for
+from conftest import async_wait_for, fake_broker
 
 from bus import protocol
 from bus.client import ControlClient, Publisher, Subscriber
@@ -92,58 +91,40 @@ def test_a_late_publication_is_not_reported_lost(tmp_path: Path) -> None:
     does not call lost what the replay buffer no longer holds: the events may still be coming, and
     only a publication numbered past them proves them missed. Here they come 0.3 s late."""
 
+    replays: list[dict[str, Any]] = []
+
+    def answer(req: dict[str, Any]) -> dict[str, Any]:  # head is 10 from the first progress report on; 1..10 lost
+        if req["op"] == "hello":
+            return {"head": {"synthetic": 0}, "resume": {"synthetic": 1}}
+        if req["op"] == "replay":
+            replays.append(req)
+            return {"kind": "synthetic", "first": 11, "gap": [req["from"], 10], "head": 10, "events": []}
+        return {"head": {"synthetic": 10}}
+
     async def scenario() -> list[dict[str, Any]]:
-        ctx = zmq.asyncio.Context()
-        control = ctx.socket(zmq.ROUTER)
-        control.bind(f"ipc://{tmp_path}/control.sock")
-        pub = ctx.socket(zmq.PUB)
-        pub.bind(f"ipc://{tmp_path}/events.sock")
-        replays: list[dict[str, Any]] = []
+        async with fake_broker(tmp_path, answer) as (pub, client):
+            sub = Subscriber(f"ipc://{tmp_path}/events.sock", client, ("synthetic",), progress_interval=0.05)
+            got: list[dict[str, Any]] = []
 
-        async def broker() -> None:  # head is 10 from the first progress report on; the buffer lost 1..10
-            while True:
-                frames = await control.recv_multipart()
-                req = protocol.unpackb(frames[-1])
-                reply: dict[str, Any] = {"ok": True, "id": req["id"], "epoch": "e"}
-                if req["op"] == "hello":
-                    reply |= {"head": {"synthetic": 0}, "resume": {"synthetic": 1}}
-                elif req["op"] == "progress":
-                    reply |= {"head": {"synthetic": 10}}
-                elif req["op"] == "replay":
-                    replays.append(req)
-                    reply |= {"kind": "synthetic", "first": 11, "gap": [req["from"], 10], "head": 10, "events": []}
-                await control.send_multipart([*frames[:-1], protocol.packb(reply)])
+            async def read() -> None:
+                stream = sub.runs()
+                async for runs in stream:
+                    for run in runs:
+                        got.extend(run.events)
+                        sub.done_run(run)
+                    if len(got) >= 10:
+                        break
+                await stream.aclose()
 
-        serving = asyncio.create_task(broker())
-        client = ControlClient(f"ipc://{tmp_path}/control.sock", ctx)
-        sub = Subscriber(f"ipc://{tmp_path}/events.sock", client, ("synthetic",), progress_interval=0.05)
-        got: list[dict[str, Any]] = []
-
-        async def read() -> None:
-            stream = sub.runs()
-            async for runs in stream:
-                for run in runs:
-                    got.extend(run.events)
-                    sub.done_run(run)
-                if len(got) >= 10:
-                    break
-            await stream.aclose()
-
-        reading = asyncio.create_task(read())
-        await async_wait_for(lambda: replays, 5, "a replay asked for while the socket is quiet")
-        await asyncio.sleep(0.3)  # the publication is late on purpose: that is the case under test
-        events = [new_event("t", "LATE", str(i), kind="synthetic") for i in range(10)]
-        pub.send_multipart([b"synthetic.t.", protocol.SEQ.pack(1), protocol.pack_array([protocol.packb(e) for e in events])])
-        async with asyncio.timeout(5):
-            await reading
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
-        sub.close()
-        client.close()
-        pub.close(0)
-        control.close(0)
-        ctx.term()
+            reading = asyncio.create_task(read())
+            await async_wait_for(lambda: replays, 5, "a replay asked for while the socket is quiet")
+            await asyncio.sleep(0.3)  # the publication is late on purpose: that is the case under test
+            events = [new_event("t", "LATE", str(i), kind="synthetic") for i in range(10)]
+            await pub.send_multipart([b"synthetic.t.", protocol.SEQ.pack(1),
+                                      protocol.pack_array([protocol.packb(e) for e in events])])
+            async with asyncio.timeout(5):
+                await reading
+            sub.close()
         return got
 
     got = asyncio.run(scenario())
