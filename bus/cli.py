@@ -16,7 +16,7 @@ import typer
 from bus import __version__, protocol
 from bus.config import Config, MainConfig, check_runtime_dir, default_path, load, peek_main
 from bus.event import KINDS, Event, decode_wire, from_json_lines, new_event, to_json_bytes
-from bus.exceptions import ConfigError, ControlError, EventError, FleetError, HistoryError
+from bus.exceptions import AlreadyRunning, ConfigError, ControlError, EventError, FleetError, HistoryError
 from bus.filter import Filter, FilterError
 from bus.log import configure
 
@@ -97,7 +97,10 @@ def busd_main(
         return
     from bus.daemon import run
 
-    run(cfg)
+    try:
+        run(cfg)
+    except AlreadyRunning as exc:
+        raise _fail(str(exc), 1) from None
 
 
 def busd() -> None:

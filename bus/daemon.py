@@ -7,15 +7,17 @@ SIGHUP and ``busctl reload`` take the same path (:meth:`Daemon.reload`); SIGTERM
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import time
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from bus import __version__, runtime, sdnotify
 from bus.broker import Broker
 from bus.config import Config, PluginConfig, load, socket_gid
-from bus.exceptions import ConfigError
+from bus.exceptions import AlreadyRunning, ConfigError
 from bus.log import configure, get_logger, hide_secrets
 from bus.supervisor import Supervisor
 
@@ -174,9 +176,47 @@ def _differs(a: PluginConfig, b: PluginConfig) -> bool:
     return a.table != b.table
 
 
+LOCK_FILE = "busd.pid"
+"""In the runtime dir: the pid of the busd serving it, locked (``flock``) while it runs."""
+
+
+def claim_runtime_dir(runtime_dir: str) -> IO[str]:
+    """Lock ``runtime_dir`` for this busd and write its pid there; keep the returned file open while serving.
+
+    A second busd on the same directory would bind the same socket paths and silently take them
+    from the first (whose plugins and clients then talk to two brokers). The lock goes with the
+    process, however it ends (SIGKILL too), so a restart never finds a stale one.
+
+    Raises:
+        AlreadyRunning: another busd holds the directory, naming its pid.
+    """
+    os.makedirs(runtime_dir, mode=0o750, exist_ok=True)
+    lock = open(Path(runtime_dir) / LOCK_FILE, "a+")  # held open (and locked) for the daemon's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        lock.close()
+        raise AlreadyRunning(f"another busd (pid {pid}) is serving {runtime_dir}: stop it first, or give this one "
+                       "a runtime_dir of its own") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def run(config: Config) -> None:
-    """Run busd in the foreground on uvloop (asyncio's loop when uvloop is missing)."""
+    """Run busd in the foreground on uvloop (asyncio's loop when uvloop is missing).
+
+    Raises:
+        AlreadyRunning: another busd is serving the same runtime dir (see :func:`claim_runtime_dir`).
+    """
+    lock = claim_runtime_dir(config.main.runtime_dir)
     configure(config.main.log_level)
     hide_secrets(config.secrets())
-    with runtime.runner() as runner:
-        runner.run(Daemon(config).run())
+    try:
+        with runtime.runner() as runner:
+            runner.run(Daemon(config).run())
+    finally:
+        lock.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["BusError", "ConfigError", "ControlError", "EventError", "FleetError", "HistoryError"]
+__all__ = ["AlreadyRunning", "BusError", "ConfigError", "ControlError", "EventError", "FleetError", "HistoryError"]
 
 
 class BusError(Exception):
@@ -41,6 +41,10 @@ class ConfigError(BusError):
 
 class ControlError(BusError):
     """A request to the running daemon failed (not running, timed out or refused)."""
+
+
+class AlreadyRunning(BusError):
+    """Another busd serves the same runtime dir; the message names its pid."""
 
 
 class BadInput(BusError, ValueError):

@@ -241,3 +241,22 @@ def test_version_and_help_on_every_command() -> None:
         res = subprocess.run([str(BIN / tool), "--show-completion", "bash"], capture_output=True, text=True,
                              env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
         assert res.returncode == 0 and f"_{tool.replace('-', '_')}_completion" in res.stdout, tool
+
+
+def test_a_second_busd_on_the_same_runtime_dir_is_refused(bus: Bus) -> None:
+    """A second busd on a runtime dir in use exits 1 naming the first one's pid, and takes none of its
+    sockets; the lock goes with the process, so after a SIGKILL the next busd starts at once."""
+    bus.write({"p": {"type": "parser", "exec": plugin_cmd("tag")}})
+    first = bus.start()
+    bus.wait_running("p")
+    second = subprocess.run([str(BIN / "busd"), "--config", str(bus.config)], capture_output=True, text=True,
+                            timeout=30)
+    assert second.returncode == 1
+    assert f"another busd (pid {first.pid}) is serving {bus.runtime_dir}" in second.stderr, second.stderr
+    assert bus.status()["pid"] == first.pid
+    bus.emit([ev("s", "STILL_FIRST")])
+    assert bus.tail(1, "--kind", "raw", "--event-type", "STILL_FIRST")[0]["event_type"] == "STILL_FIRST"
+    bus.stop(signal.SIGKILL)
+    again = bus.start()
+    assert bus.status()["pid"] == again.pid
+    assert (bus.runtime_dir / "busd.pid").read_text() == f"{again.pid}\n"
