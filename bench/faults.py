@@ -227,7 +227,7 @@ def pipeline(victim: str) -> Row:
 
 def busd_killed() -> Row:
     """Row 3: busd SIGKILLed and started again while bus-emit feeds it 6 000 events at 500/s."""
-    with running_bus({}) as bus:
+    with running_bus({}, start=False) as bus:
         sink = bus.base / "sink.jsonl"
         bus.write({"sink": {"type": "receiver", "exec": bench_cmd("sink"), "out": str(sink)}})
         bus.start()
@@ -250,7 +250,7 @@ def busd_killed() -> Row:
 
 def reload(changed: bool) -> Row:
     """Row 4: bus-emit at 1 000 raw events/s through a parser; SIGHUP after 4 s (the parser changed or not)."""
-    with running_bus({}) as bus:
+    with running_bus({}, start=False) as bus:  # started below, on the table it is then reloaded from
         sink = bus.base / "sink.jsonl"
         plugins = {"tag": {"type": "parser", "exec": plugin_cmd("tag")},
                    "sink": {"type": "receiver", "exec": bench_cmd("sink"), "out": str(sink)}}
@@ -407,7 +407,7 @@ def history_full_disk() -> Row:
 
 def deaf_receiver() -> Row:
     """Row 7a: a receiver that subscribes and never reads, beside a sink; 30 000 events of 500 bytes."""
-    with running_bus({}) as bus:
+    with running_bus({}, start=False) as bus:
         sink = bus.base / "sink.jsonl"
         bus.write({"deaf": {"type": "receiver", "exec": bench_cmd("deaf")},
                    "sink": {"type": "receiver", "exec": bench_cmd("sink"), "out": str(sink)}},
@@ -433,7 +433,7 @@ def deaf_receiver() -> Row:
 
 def deaf_parser() -> Row:
     """Row 7b: a parser that never reads its deliveries beside a working one; parser_queue 2 000, 10 000 events."""
-    with running_bus({}) as bus:
+    with running_bus({}, start=False) as bus:
         sink = bus.base / "sink.jsonl"
         bus.write({"deaf": {"type": "parser", "exec": bench_cmd("deaf")},
                    "tag": {"type": "parser", "exec": plugin_cmd("tag")},
