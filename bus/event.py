@@ -44,7 +44,7 @@ SCHEMA_VERSION = 1
 SEVERITIES = ("info", "warn", "error")
 KINDS = ("raw", "synthetic")
 _SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
-_STR_KEYS = ("hostname", "dev_wwid", "dev_name", "msg")
+_STR_KEYS = ("hostname", "dev_wwid", "dev_name", "msg", "source")
 _EXT_SCALARS = (str, int, float, bool, list, dict, type(None))
 _EXT_TYPES = frozenset(_EXT_SCALARS)
 
@@ -228,6 +228,8 @@ def normalize(
         event["kind"] = kind
     elif event.setdefault("kind", "raw") not in KINDS:
         raise EventError("kind", f"{event['kind']!r} is not one of {', '.join(KINDS)}")
+    if source is not None:
+        event["source"] = source
     for key in _STR_KEYS:
         value = event.get(key)
         if value is None:
@@ -243,12 +245,6 @@ def normalize(
                 raise EventError("extensions", f"key {k!r} is not a string")
             if not isinstance(val, _EXT_SCALARS):
                 raise EventError(f"extensions.{k}", f"type {type(val).__name__} is not allowed")
-    if source is not None:
-        event["source"] = source
-    elif event.setdefault("source", "") is None:
-        event["source"] = ""  # like the other string keys: null is left out
-    elif not isinstance(event["source"], str):
-        raise EventError("source", f"must be a string, not {type(event['source']).__name__}")
     return event
 
 
