@@ -167,7 +167,6 @@ class Assembler:
         self.on_bad = on_bad
         self.pending: Record | None = None
         self._skipping = False
-        self._closed = False  # the pending record takes no more dictionary lines (a record after it was dropped)
 
     def feed(self, raw: bytes, line: int = 0) -> Record | None:
         """Take one line (without its newline); return the record it completes, if any."""
@@ -175,7 +174,7 @@ class Assembler:
             return None
         pending = self.pending
         if raw[0] == 0x20:  # a dictionary line
-            if pending is None or self._closed:
+            if pending is None:
                 if not self._skipping:
                     self.on_bad(Bad("orphan_continuation", "a dictionary line before any record", line))
                 return None
@@ -200,29 +199,33 @@ class Assembler:
             self._skipping = True
             return done
         record.line = line
-        self.pending, self._skipping, self._closed = record, False, False
+        self.pending, self._skipping = record, False
         return done
 
     def flush(self) -> Record | None:
         """Return the record being assembled (its dictionary taken as complete), if any."""
-        record, self.pending, self._closed = self.pending, None, False
+        record, self.pending = self.pending, None
         return record
 
-    def dropped(self, start: bytes) -> None:
+    def dropped(self, start: bytes) -> Record | None:
         """A line that ``start`` began was dropped before it got here (too long, :class:`Lines` reported it).
 
-        If it began a record, the record being assembled is complete and the dictionary lines that
-        follow belong to the dropped one: they are skipped with it, as after a refused record.
+        If it began a record, it is taken as a refused record line: the record being assembled is
+        complete (and returned), and the dictionary lines that follow are skipped with the dropped one.
         """
-        if start[:1] != b" ":
-            self._closed = self._skipping = True
+        if start[:1] == b" ":
+            return None
+        self._skipping = True
+        return self.flush()
 
     def feed_chunk(self, lines: Lines, data: bytes) -> list[Record]:
         """Split ``data`` with ``lines`` and take its lines; return the records they complete."""
         out = [record for number, line in lines.feed(data) if (record := self.feed(line, number)) is not None]
         if lines.dropped is not None:  # what was dropped is the chunk's last (unfinished) line
-            self.dropped(lines.dropped)
+            done = self.dropped(lines.dropped)
             lines.dropped = None
+            if done is not None:
+                out.append(done)
         return out
 
 
