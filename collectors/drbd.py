@@ -151,19 +151,10 @@ def parse_line(text: str) -> Line:
     if not words:
         raise BadInput("unknown_action", "a timestamp and nothing else")
     action = words[0]
-    if action not in _ACTIONS:
-        raise BadInput("unknown_action", f"{action[:40]!r} is not one of {', '.join(ACTIONS)}")
-    if len(words) < 2:
-        raise BadInput("unknown_object", f"nothing after {action!r}")
-    obj = words[1]
+    obj = words[1] if len(words) > 1 else None
+    _check_head(action, obj)
     if obj == "-":
-        if action != "exists":
-            raise BadInput("unknown_object", f"'-' only follows 'exists', not {action!r}")
         return Line(action, obj, timestamp=timestamp)
-    if obj not in _OBJECTS:
-        raise BadInput("unknown_object", f"{obj[:40]!r} is not one of {', '.join(OBJECTS)}")
-    if (obj == "helper") != (action in ("call", "response")):
-        raise BadInput("unknown_object", f"{action!r} does not go with {obj!r} (helpers are called and respond)")
     pairs = [word.split(":", 1) for word in words[2:]]
     try:
         fields = dict(pairs)  # a word without ":" makes a 1-list: ValueError
@@ -184,6 +175,22 @@ def parse_line(text: str) -> Line:
     else:
         line = Line(action, obj, fields, timestamp=timestamp)
     return _check_keys(line)
+
+
+def _check_head(action: Any, obj: Any) -> None:
+    """Refuse an action or object events2 does not have, or the two in a pairing it never prints."""
+    if type(action) is not str or action not in _ACTIONS:
+        raise BadInput("unknown_action", f"{str(action)[:40]!r} is not one of {', '.join(ACTIONS)}")
+    if obj is None:
+        raise BadInput("unknown_object", f"nothing after {action!r}")
+    if obj == "-":
+        if action != "exists":
+            raise BadInput("unknown_object", f"'-' only follows 'exists', not {action!r}")
+        return
+    if type(obj) is not str or obj not in _OBJECTS:
+        raise BadInput("unknown_object", f"{str(obj)[:40]!r} is not one of {', '.join(OBJECTS)}")
+    if (obj == "helper") != (action in ("call", "response")):
+        raise BadInput("unknown_object", f"{action!r} does not go with {obj!r} (helpers are called and respond)")
 
 
 def _check_keys(line: Line) -> Line:
@@ -210,16 +217,9 @@ def line_from_extensions(ext: dict[str, Any]) -> Line:
             map of strings, ``run`` not a string), ``missing_key`` or ``bad_integer``.
     """
     action, obj = ext.get("action"), ext.get("object")
-    if type(action) is not str or action not in _ACTIONS:
-        raise BadInput("unknown_action", f"extensions.action {str(action)[:40]!r} is not one of {', '.join(ACTIONS)}")
+    _check_head(action, obj)
     if obj == "-":
-        if action != "exists":
-            raise BadInput("unknown_object", f"'-' only follows 'exists', not {action!r}")
         return Line(action, "-")
-    if type(obj) is not str or obj not in _OBJECTS:
-        raise BadInput("unknown_object", f"extensions.object {str(obj)[:40]!r} is not one of {', '.join(OBJECTS)}")
-    if (obj == "helper") != (action in ("call", "response")):
-        raise BadInput("unknown_object", f"{action!r} does not go with {obj!r} (helpers are called and respond)")
     fields = {} if ext.get("fields") is None else ext["fields"]
     old = {} if ext.get("old") is None else ext["old"]
     for what, value in (("fields", fields), ("old", old)):
