@@ -50,13 +50,13 @@ RESERVED_KEYS = _RESERVED
 """The keys of a plugin table that busd itself uses; every other key is the plugin's own option."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+_REQUIRED: Any = object()
+_DEFAULT_KINDS = {"parser": ("raw",), "receiver": ("synthetic",)}
 
 
 def _key(name: str) -> str:
     """``name`` as it goes into an error's key path: quoted as TOML quotes it if it is empty or not bare."""
     return name if _BARE_KEY.match(name) else json.dumps(name, ensure_ascii=False)
-_REQUIRED: Any = object()
-_DEFAULT_KINDS = {"parser": ("raw",), "receiver": ("synthetic",)}
 
 
 @dataclass(frozen=True)
