@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import math
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -358,7 +359,7 @@ def test_bus_emit_reports_bad_lines_and_delivers_the_rest(bus: Bus, batch: list[
         bus.start()
     raw = [line.encode() for line in batch]
     events, errors = from_json_lines(raw, first_number=1, hostname="testhost")
-    tag = f"S{id(batch)}"
+    tag = f"S{uuid.uuid4().hex}"  # unique: --last must not find an earlier example's sentinel
     text = "\n".join([*batch, json.dumps({"system": "sentinel", "event_type": tag})]) + "\n"
     def accepted() -> int:
         return int(bus.status()["broker"]["outside_producers"].get("bus-emit", {}).get("events_in", 0))
